@@ -1,0 +1,298 @@
+"""Wiring: settings → runtime → routes. ``create_app`` is the ASGI factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from gateway import logs, replay
+from gateway.clients import ClientKeys
+from gateway.consents import ConsentStore
+from gateway.errors import GatewayError, LoginFailed
+from gateway.identity import OidcRelyingParty
+from gateway.keys import load_keys
+from gateway.oauth import metadata
+from gateway.oauth.authorize import authorize
+from gateway.oauth.token import token
+from gateway.policy.loader import load_policies
+from gateway.relay import Relay
+from gateway.runtime import Runtime, system_clock
+from gateway.settings import Settings
+from gateway.storage.engine import create_engine
+from gateway.storage.migrate import check_schema
+from gateway.subjects import ClaimsBox
+from gateway.trail import EventType, Trail, TrailEvent
+from gateway.transfer import TransferRequest, transfer
+from gateway.web import pages
+from gateway.web import session as sessions
+from gateway.web.render import STATIC_DIR
+
+log = structlog.get_logger(__name__)
+
+
+async def build_runtime(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], datetime] = system_clock,
+) -> Runtime:
+    """Load keys and policies, open the database (refusing a schema that is behind)."""
+    keys = load_keys(settings.keys_dir, create=True, demo=settings.demo)
+    policy = load_policies(settings.policies_dir, allow_http=settings.demo)
+    engine = create_engine(settings.database_url.value)
+    try:
+        await check_schema(engine)
+    except Exception:
+        await engine.dispose()
+        raise
+    http = httpx.AsyncClient(
+        transport=transport, timeout=10.0, follow_redirects=False, trust_env=False
+    )
+    idp_secret = settings.idp_client_secret.value
+    if not idp_secret and keys.demo is not None:
+        idp_secret = keys.demo.idp_client_secret
+    trail = Trail(policy.digest)
+    rt = Runtime(
+        settings=settings,
+        engine=engine,
+        keys=keys,
+        policy=policy,
+        trail=trail,
+        consents=ConsentStore(trail),
+        relay=Relay(policy.providers, transport=transport),
+        http=http,
+        identity=OidcRelyingParty(
+            issuer=settings.idp_issuer,
+            client_id=settings.idp_client_id,
+            client_secret=idp_secret,
+            redirect_uri=f"{settings.issuer}/login/callback",
+            http=http,
+        ),
+        client_keys=ClientKeys(http),
+        claims_box=ClaimsBox(keys.claims_key),
+        clock=clock,
+    )
+    async with engine.begin() as conn:
+        if await Trail.latest_policy_digest(conn) != policy.digest:
+            await trail.append(
+                conn,
+                [TrailEvent(EventType.POLICY_LOADED, details={"clients": len(policy.clients)})],
+                now=rt.now(),
+            )
+    return rt
+
+
+async def close_runtime(rt: Runtime) -> None:
+    await rt.relay.aclose()
+    await rt.http.aclose()
+    await rt.engine.dispose()
+
+
+async def sweep(rt: Runtime) -> None:
+    """End consents at their expiry (with nobody calling) and forget stale state."""
+    now = rt.now()
+    async with rt.engine.begin() as conn:
+        ended = await rt.consents.expire_due(conn, now)
+    if ended:
+        log.info("consents.expired", count=len(ended))
+    await replay.prune(rt.engine, now)
+    await sessions.prune(rt)
+
+
+async def _sweeper(rt: Runtime) -> None:
+    while True:
+        try:
+            await sweep(rt)
+        except Exception:
+            log.exception("sweep.failed")
+        await asyncio.sleep(rt.settings.expiry_sweep_seconds)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def problem_response(error: GatewayError, request_id: str | None = None) -> JSONResponse:
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    if error.status == 401:
+        # RFC 9449 §7.1: errors on a DPoP-protected resource name the DPoP scheme.
+        headers["WWW-Authenticate"] = 'DPoP error="invalid_token", algs="ES256 PS256 EdDSA"'
+    transfer_id = error.extra.get("transfer_id")
+    if isinstance(transfer_id, str):
+        headers["Transfer-Id"] = transfer_id
+    return JSONResponse(
+        error.problem(),
+        status_code=error.status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+async def data(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    req = TransferRequest(
+        method=request.method,
+        path=request.url.path,
+        provider=request.path_params["provider"],
+        resource=request.path_params["resource"],
+        query=list(request.query_params.multi_items()),
+        authorization=request.headers.get("authorization"),
+        dpop_proofs=request.headers.getlist("dpop"),
+        request_id=request.state.request_id,
+    )
+    try:
+        result = await transfer(rt, req)
+    except GatewayError as error:
+        return problem_response(error)
+    return JSONResponse(
+        result.body,
+        headers={"Transfer-Id": result.transfer_id, "Cache-Control": "no-store"},
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    checks: dict[str, Any] = {"keys": bool(rt.keys.signing), "policies": rt.policy.digest}
+    try:
+        async with rt.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        status = 200
+    except Exception:
+        checks["database"] = "unavailable"
+        status = 503
+    return JSONResponse(checks, status_code=status)
+
+
+class _DemoIdentityProviderMount:
+    """Forwards to the demo identity provider built at start-up (demo mode only)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        idp = scope["app"].state.demo_idp
+        await idp.app(scope, receive, send)
+
+
+async def _login_failed(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoginFailed)
+    return pages.error_page(request, 502, "identity_provider_unavailable")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("request.failed", exc_info=exc)
+    if request.url.path.startswith(("/data/", "/api/", "/oauth/token")):
+        return JSONResponse(
+            {
+                "type": "urn:gateway:error:internal",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "the gateway failed; quote the X-Request-ID when reporting",
+            },
+            status_code=500,
+            media_type="application/problem+json",
+        )
+    return pages.error_page(request, 500, "internal")
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith(("/data/", "/api/", "/oauth/", "/.well-known/")):
+        return JSONResponse(
+            {
+                "type": "urn:gateway:error:not_found",
+                "title": "Not found",
+                "status": 404,
+                "detail": "no such endpoint",
+            },
+            status_code=404,
+            media_type="application/problem+json",
+        )
+    return pages.error_page(request, 404, "page_not_found")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], datetime] = system_clock,
+    background: bool = True,
+) -> Starlette:
+    """The gateway as an ASGI app; ``transport`` routes outbound HTTP in tests."""
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_format)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rt = await build_runtime(settings, transport=transport, clock=clock)
+        app.state.runtime = rt
+        if settings.demo:
+            from gateway.demo.idp import DemoIdentityProvider
+
+            assert rt.keys.demo is not None
+            app.state.demo_idp = DemoIdentityProvider(
+                issuer=settings.idp_issuer,
+                clients={
+                    settings.idp_client_id: (
+                        rt.keys.demo.idp_client_secret,
+                        [f"{settings.issuer}/login/callback"],
+                    )
+                },
+                signing_key=rt.keys.demo.idp_key,
+            )
+        sweeper = asyncio.create_task(_sweeper(rt)) if background else None
+        log.info("gateway.started", issuer=settings.issuer, demo=settings.demo)
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            await close_runtime(rt)
+
+    routes: list[Route | Mount] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/.well-known/oauth-authorization-server", metadata.metadata),
+        Route("/.well-known/jwks.json", metadata.jwks),
+        Route("/oauth/authorize", authorize),
+        Route("/oauth/token", token, methods=["POST"]),
+        Route("/consent/{consent_id}", pages.consent_page, methods=["GET"]),
+        Route("/consent/{consent_id}", pages.consent_decision, methods=["POST"]),
+        Route("/login/callback", pages.login_callback),
+        Route("/logout", pages.logout, methods=["POST"]),
+        Route("/me", pages.me),
+        Route("/me/consents/{consent_id}/revoke", pages.revoke_form, methods=["POST"]),
+        Route("/api/me/consents", pages.api_consents),
+        Route("/api/me/transfers", pages.api_transfers),
+        Route("/api/me/consents/{consent_id}/revoke", pages.api_revoke, methods=["POST"]),
+        Route("/data/{provider}/{resource}", data, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    if settings.demo:
+        routes.append(Mount("/demo-idp", app=_DemoIdentityProviderMount()))
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(logs.RequestContextMiddleware)],
+        exception_handlers={
+            LoginFailed: _login_failed,
+            404: _not_found,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,170 @@
+"""The ``gateway`` command: serve, demo, db upgrade, keys generate, policy check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.settings import Settings, SettingsError
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(None, **overrides)
+    except SettingsError as exc:
+        raise SystemExit(f"gateway: configuration error: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.storage.engine import create_engine
+    from gateway.storage.migrate import SchemaBehind, check_schema
+
+    settings = _settings()
+
+    async def schema_ok() -> None:
+        engine = create_engine(settings.database_url.value)
+        try:
+            await check_schema(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(schema_ok())
+    except SchemaBehind as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if settings.demo:
+        print(
+            "WARNING: GATEWAY_DEMO=1 — the demo identity provider with fictitious personas is "
+            "mounted at /demo-idp. Never use demo mode with real people.",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,  # our middleware logs requests without query strings
+        proxy_headers=False,
+        server_header=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.run import run_demo
+
+    return asyncio.run(run_demo(scripted=args.scripted))
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from gateway.storage.engine import create_engine
+    from gateway.storage.migrate import current_revision, upgrade
+
+    settings = _settings()
+
+    async def run() -> str | None:
+        if settings.database_url.value.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.database_url.value)
+        try:
+            await upgrade(engine)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    print(f"database schema at revision {asyncio.run(run())}")
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from gateway.keys import load_keys
+
+    settings = _settings()
+    ring = load_keys(settings.keys_dir, create=True, demo=settings.demo)
+    print(f"keys in {settings.keys_dir}")
+    for key in ring.signing:
+        marker = " (signing)" if key is ring.active else ""
+        print(f"  {key.alg} {key.kid}{marker}")
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy.loader import PolicyError, describe, load_policies
+
+    settings = _settings()
+    directory = Path(args.directory) if args.directory else settings.policies_dir
+    allow_http = settings.demo or args.demo
+    try:
+        policy = load_policies(directory, allow_http=allow_http)
+    except PolicyError as exc:
+        print(f"policy error: {exc}", file=sys.stderr)
+        return 1
+    print(describe(policy, lang=args.lang))
+    print(f"policy digest: {policy.digest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Consent-mediated personal data exchange gateway.",
+        epilog="Configuration comes from GATEWAY_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (HTTP server)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser(
+        "demo", help="run the gateway with example providers, identity provider and client"
+    )
+    demo.add_argument(
+        "--scripted", action="store_true", help="play the whole story without a browser"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
+        func=cmd_db_upgrade
+    )
+
+    keys = sub.add_parser("keys", help="key material in GATEWAY_DATA_DIR/keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_sub.add_parser("generate", help="create missing keys and list them").set_defaults(
+        func=cmd_keys_generate
+    )
+
+    policy = sub.add_parser("policy", help="policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    check = policy_sub.add_parser(
+        "check", help="validate policies and print who may receive what, for which purpose"
+    )
+    check.add_argument("directory", nargs="?", help="policy directory (default GATEWAY_POLICIES)")
+    check.add_argument(
+        "--demo", action="store_true", help="allow http:// loopback URLs (as demo mode does)"
+    )
+    check.add_argument("--lang", choices=["fr", "en"], default="en")
+    check.set_defaults(func=cmd_policy_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

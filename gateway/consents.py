@@ -1,0 +1,425 @@
+"""Consents: one person's decision on one authorization request.
+
+States (DESIGN §2)::
+
+    pending ─▶ active ─▶ revoked | expired | exhausted
+    pending ─▶ denied | expired
+
+A consent never changes its terms. Every state change is a guarded UPDATE
+(``WHERE state = <expected>``) in the caller's transaction together with its
+trail entry, so two processes cannot both win a race and no change goes
+unrecorded. Identity claims kept for an active consent are erased the moment
+it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.policy.decision import AuthorizationDetail
+from gateway.storage.models import consent_allowances, consents, subjects
+from gateway.subjects import trail_pseudonym
+from gateway.trail import EventType, Trail, TrailEvent
+
+
+class ConsentState(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    DENIED = "denied"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    EXHAUSTED = "exhausted"
+
+
+ENDED = (ConsentState.DENIED, ConsentState.REVOKED, ConsentState.EXPIRED, ConsentState.EXHAUSTED)
+
+
+@dataclass(frozen=True)
+class Allowance:
+    max_transfers: int
+    uses_left: int
+
+
+@dataclass(frozen=True)
+class Consent:
+    id: str
+    client_id: str
+    purpose: str
+    details: tuple[AuthorizationDetail, ...]
+    redirect_uri: str
+    client_state: str | None
+    code_challenge: str
+    browser_binding: str
+    state: ConsentState
+    subject_id: str | None
+    acr: str | None
+    claims: bytes | None
+    created_at: datetime
+    decided_at: datetime | None
+    expires_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    allowances: dict[str, Allowance]
+
+    def detail_for(self, provider: str) -> AuthorizationDetail | None:
+        return next((d for d in self.details if d.provider == provider), None)
+
+    @property
+    def transfers_allowed(self) -> int:
+        return sum(a.max_transfers for a in self.allowances.values())
+
+    @property
+    def transfers_used(self) -> int:
+        return sum(a.max_transfers - a.uses_left for a in self.allowances.values())
+
+
+def details_to_json(details: Sequence[AuthorizationDetail]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "personal_data",
+            "provider": d.provider,
+            "resources": list(d.resources),
+            "purpose": d.purpose,
+            "max_transfers": d.max_transfers,
+        }
+        for d in details
+    ]
+
+
+def _details_from_json(raw: str) -> tuple[AuthorizationDetail, ...]:
+    return tuple(
+        AuthorizationDetail(
+            provider=d["provider"],
+            resources=tuple(d["resources"]),
+            purpose=d["purpose"],
+            max_transfers=int(d["max_transfers"]),
+        )
+        for d in json.loads(raw)
+    )
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def pseudonym_of(conn: AsyncConnection, subject_id: str | None) -> str | None:
+    """The trail pseudonym of a subject (None when there is no subject yet)."""
+    if subject_id is None:
+        return None
+    row = (
+        await conn.execute(select(subjects.c.trail_secret).where(subjects.c.id == subject_id))
+    ).first()
+    return trail_pseudonym(bytes(row.trail_secret) if row and row.trail_secret else None)
+
+
+async def ensure_subject(conn: AsyncConnection, lookup: str, now: datetime) -> str:
+    """The subject id for a lookup value, created on first login."""
+    row = (await conn.execute(select(subjects.c.id).where(subjects.c.lookup == lookup))).first()
+    if row is not None:
+        return str(row.id)
+    subject_id = new_id()
+    await conn.execute(
+        insert(subjects).values(
+            id=subject_id, lookup=lookup, trail_secret=secrets.token_bytes(32), created_at=now
+        )
+    )
+    return subject_id
+
+
+class ConsentStore:
+    """Reads consents and changes their state, each change with its trail entry."""
+
+    def __init__(self, trail: Trail) -> None:
+        self.trail = trail
+
+    async def get(self, conn: AsyncConnection, consent_id: str) -> Consent | None:
+        row = (await conn.execute(select(consents).where(consents.c.id == consent_id))).first()
+        if row is None:
+            return None
+        allowance_rows = await conn.execute(
+            select(consent_allowances).where(consent_allowances.c.consent_id == consent_id)
+        )
+        return Consent(
+            id=row.id,
+            client_id=row.client_id,
+            purpose=row.purpose,
+            details=_details_from_json(row.authorization_details),
+            redirect_uri=row.redirect_uri,
+            client_state=row.client_state,
+            code_challenge=row.code_challenge,
+            browser_binding=row.browser_binding,
+            state=ConsentState(row.state),
+            subject_id=row.subject_id,
+            acr=row.acr,
+            claims=bytes(row.claims) if row.claims is not None else None,
+            created_at=row.created_at,
+            decided_at=row.decided_at,
+            expires_at=row.expires_at,
+            ended_at=row.ended_at,
+            end_reason=row.end_reason,
+            allowances={
+                a.provider: Allowance(a.max_transfers, a.uses_left) for a in allowance_rows
+            },
+        )
+
+    async def for_subject(self, conn: AsyncConnection, subject_id: str) -> list[Consent]:
+        ids = await conn.execute(
+            select(consents.c.id)
+            .where(consents.c.subject_id == subject_id)
+            .order_by(consents.c.created_at.desc())
+        )
+        found = [await self.get(conn, r.id) for r in ids]
+        return [c for c in found if c is not None]
+
+    async def create_pending(
+        self,
+        conn: AsyncConnection,
+        *,
+        client_id: str,
+        details: Sequence[AuthorizationDetail],
+        redirect_uri: str,
+        client_state: str | None,
+        code_challenge: str,
+        browser_binding: str,
+        expires_at: datetime,
+        now: datetime,
+    ) -> str:
+        consent_id = new_id()
+        await conn.execute(
+            insert(consents).values(
+                id=consent_id,
+                client_id=client_id,
+                purpose=details[0].purpose,
+                authorization_details=json.dumps(details_to_json(details)),
+                redirect_uri=redirect_uri,
+                client_state=client_state,
+                code_challenge=code_challenge,
+                browser_binding=browser_binding,
+                state=ConsentState.PENDING,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+        await conn.execute(
+            insert(consent_allowances),
+            [
+                {
+                    "consent_id": consent_id,
+                    "provider": d.provider,
+                    "max_transfers": d.max_transfers,
+                    "uses_left": d.max_transfers,
+                }
+                for d in details
+            ],
+        )
+        await self.trail.append(
+            conn,
+            [
+                TrailEvent(
+                    EventType.CONSENT_REQUESTED,
+                    client_id=client_id,
+                    consent_id=consent_id,
+                    details={"authorization_details": details_to_json(details)},
+                )
+            ],
+            now=now,
+        )
+        return consent_id
+
+    async def grant(
+        self,
+        conn: AsyncConnection,
+        consent: Consent,
+        *,
+        subject_id: str,
+        acr: str | None,
+        sealed_claims: bytes,
+        expires_at: datetime,
+        now: datetime,
+    ) -> bool:
+        done = await conn.execute(
+            update(consents)
+            .where(
+                consents.c.id == consent.id,
+                consents.c.state == ConsentState.PENDING,
+                consents.c.expires_at > now,
+            )
+            .values(
+                state=ConsentState.ACTIVE,
+                subject_id=subject_id,
+                acr=acr,
+                claims=sealed_claims,
+                decided_at=now,
+                expires_at=expires_at,
+            )
+        )
+        if done.rowcount != 1:
+            return False
+        await self.trail.append(
+            conn,
+            [
+                TrailEvent(
+                    EventType.CONSENT_GRANTED,
+                    client_id=consent.client_id,
+                    consent_id=consent.id,
+                    subject=await pseudonym_of(conn, subject_id),
+                    details={"acr": acr, "expires_at": _rfc3339(expires_at)},
+                )
+            ],
+            now=now,
+        )
+        return True
+
+    async def deny(
+        self, conn: AsyncConnection, consent: Consent, *, subject_id: str, now: datetime
+    ) -> bool:
+        done = await conn.execute(
+            update(consents)
+            .where(consents.c.id == consent.id, consents.c.state == ConsentState.PENDING)
+            .values(
+                state=ConsentState.DENIED,
+                subject_id=subject_id,
+                decided_at=now,
+                ended_at=now,
+                end_reason="denied",
+            )
+        )
+        if done.rowcount != 1:
+            return False
+        await self.trail.append(
+            conn,
+            [
+                TrailEvent(
+                    EventType.CONSENT_DENIED,
+                    client_id=consent.client_id,
+                    consent_id=consent.id,
+                    subject=await pseudonym_of(conn, subject_id),
+                )
+            ],
+            now=now,
+        )
+        return True
+
+    async def end(
+        self,
+        conn: AsyncConnection,
+        consent: Consent,
+        *,
+        to: ConsentState,
+        reason: str,
+        now: datetime,
+        from_states: Sequence[ConsentState] = (ConsentState.ACTIVE,),
+    ) -> bool:
+        """Move an active (or pending) consent to an end state, erasing its claims."""
+        event_type = {
+            ConsentState.REVOKED: EventType.CONSENT_REVOKED,
+            ConsentState.EXPIRED: EventType.CONSENT_EXPIRED,
+            ConsentState.EXHAUSTED: EventType.CONSENT_EXHAUSTED,
+        }[to]
+        done = await conn.execute(
+            update(consents)
+            .where(consents.c.id == consent.id, consents.c.state.in_([str(s) for s in from_states]))
+            .values(state=to, claims=None, ended_at=now, end_reason=reason)
+        )
+        if done.rowcount != 1:
+            return False
+        await self.trail.append(
+            conn,
+            [
+                TrailEvent(
+                    event_type,
+                    client_id=consent.client_id,
+                    consent_id=consent.id,
+                    subject=await pseudonym_of(conn, consent.subject_id),
+                    details={"reason": reason},
+                )
+            ],
+            now=now,
+        )
+        return True
+
+    async def consume(
+        self, conn: AsyncConnection, consent_id: str, provider: str, now: datetime
+    ) -> bool:
+        """Take one transfer from the consent's allowance for ``provider``, if any is left.
+
+        The guard re-checks state and expiry in the same statement, so a
+        revoke or an expiry committed before this runs always wins.
+        """
+        active = exists().where(
+            consents.c.id == consent_id,
+            consents.c.state == ConsentState.ACTIVE,
+            consents.c.expires_at > now,
+        )
+        done = await conn.execute(
+            update(consent_allowances)
+            .where(
+                and_(
+                    consent_allowances.c.consent_id == consent_id,
+                    consent_allowances.c.provider == provider,
+                    consent_allowances.c.uses_left > 0,
+                    active,
+                )
+            )
+            .values(uses_left=consent_allowances.c.uses_left - 1)
+        )
+        return done.rowcount == 1
+
+    async def give_back(self, conn: AsyncConnection, consent_id: str, provider: str) -> None:
+        """Return a use taken by a transfer whose provider delivered nothing."""
+        await conn.execute(
+            update(consent_allowances)
+            .where(
+                consent_allowances.c.consent_id == consent_id,
+                consent_allowances.c.provider == provider,
+                consent_allowances.c.uses_left < consent_allowances.c.max_transfers,
+            )
+            .values(uses_left=consent_allowances.c.uses_left + 1)
+        )
+
+    async def close_if_used_up(self, conn: AsyncConnection, consent_id: str, now: datetime) -> bool:
+        """End the consent as ``exhausted`` once no provider has a use left."""
+        consent = await self.get(conn, consent_id)
+        if consent is None or consent.state != ConsentState.ACTIVE:
+            return False
+        if any(a.uses_left > 0 for a in consent.allowances.values()):
+            return False
+        return await self.end(
+            conn, consent, to=ConsentState.EXHAUSTED, reason="transfers_used", now=now
+        )
+
+    async def expire_due(self, conn: AsyncConnection, now: datetime) -> list[str]:
+        """End every pending or active consent whose expiry has passed."""
+        due = await conn.execute(
+            select(consents.c.id).where(
+                consents.c.state.in_([ConsentState.PENDING, ConsentState.ACTIVE]),
+                consents.c.expires_at <= now,
+            )
+        )
+        ended = []
+        for row in due.all():
+            consent = await self.get(conn, row.id)
+            if consent and await self.end(
+                conn,
+                consent,
+                to=ConsentState.EXPIRED,
+                reason="expired",
+                now=now,
+                from_states=(ConsentState.PENDING, ConsentState.ACTIVE),
+            ):
+                ended.append(consent.id)
+        return ended
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,40 @@
+"""Single-use identifiers (DPoP proof ``jti``, client assertion ``jti``).
+
+The primary key of ``used_jtis`` does the work: the second insert of the same
+key fails in the database, so the rule holds across processes (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.storage.models import used_jtis
+
+
+def _key(kind: str, issuer: str, jti: str) -> str:
+    return hashlib.sha256(f"{kind}\x00{issuer}\x00{jti}".encode()).hexdigest()
+
+
+async def use_once(
+    engine: AsyncEngine, *, kind: str, issuer: str, jti: str, expires_at: datetime
+) -> bool:
+    """Record a jti; False when it was already used (a replay)."""
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(used_jtis).values(key=_key(kind, issuer, jti), expires_at=expires_at)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def prune(engine: AsyncEngine, now: datetime) -> None:
+    """Forget jtis whose proof or assertion could no longer be accepted anyway."""
+    async with engine.begin() as conn:
+        await conn.execute(delete(used_jtis).where(used_jtis.c.expires_at < now))

@@ -1,0 +1,120 @@
+"""Configuration: the only module that reads the environment.
+
+Variable names are part of the external contract (operators and scripts rely on
+them). Secrets are wrapped in :class:`Secret` so that they never print.
+Limits (lifetimes, leeways, sizes) are named fields with the reason beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class SettingsError(Exception):
+    """A configuration variable has a value the gateway cannot use."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must not appear in logs, reprs or tracebacks."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+def _flag(raw: str | None) -> bool:
+    return (raw or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: Secret
+    policies_dir: Path
+    issuer: str
+    demo: bool
+    idp_issuer: str
+    idp_client_id: str
+    idp_client_secret: Secret
+    log_format: str  # "json" | "console"
+
+    # Consent tokens live at most 10 minutes (issue 2); 5 is enough for one transfer.
+    token_lifetime_seconds: int = 300
+    # Authorization codes: single-use and short (OAuth 2.1 / FAPI 2.0 recommend ≤ 60 s).
+    code_lifetime_seconds: int = 60
+    # A pending authorization request may wait this long for the person.
+    authorization_request_lifetime_seconds: int = 600
+    # Assertions sent to providers are only needed for the one call.
+    provider_assertion_lifetime_seconds: int = 60
+    # A person's session on the gateway's pages.
+    session_lifetime_seconds: int = 1800
+    # How often the background sweep ends consents that reached their expiry.
+    expiry_sweep_seconds: float = 30.0
+
+    @property
+    def https_only(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``GATEWAY_*`` variables; ``overrides`` win (used by the CLI flags)."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("GATEWAY_DATA_DIR") or "./var")
+        database_url = env.get("GATEWAY_DATABASE_URL") or f"sqlite:///{data_dir / 'gateway.db'}"
+        issuer = (env.get("GATEWAY_ISSUER") or "http://127.0.0.1:8080").rstrip("/")
+        demo = _flag(env.get("GATEWAY_DEMO"))
+        if "demo" in overrides:
+            demo = bool(overrides.pop("demo"))
+        log_format = env.get("GATEWAY_LOG_FORMAT") or ("console" if demo else "json")
+        if log_format not in {"json", "console"}:
+            raise SettingsError("GATEWAY_LOG_FORMAT must be 'json' or 'console'")
+        parts = urlsplit(issuer)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query:
+            raise SettingsError("GATEWAY_ISSUER must be an absolute http(s) URL without query")
+        if (
+            parts.scheme != "https"
+            and not demo
+            and parts.hostname not in {"127.0.0.1", "localhost"}
+        ):
+            raise SettingsError("GATEWAY_ISSUER must use https outside demo mode and loopback")
+
+        idp_issuer = (env.get("GATEWAY_IDP_ISSUER") or "").rstrip("/")
+        idp_client_id = env.get("GATEWAY_IDP_CLIENT_ID") or ""
+        idp_client_secret = env.get("GATEWAY_IDP_CLIENT_SECRET") or ""
+        if demo and not idp_issuer:
+            # The demo identity provider is mounted inside the gateway (gateway.demo.idp).
+            idp_issuer = f"{issuer}/demo-idp"
+            idp_client_id = idp_client_id or "gateway-demo"
+        if not demo and not idp_issuer:
+            raise SettingsError(
+                "No identity provider: set GATEWAY_IDP_ISSUER, GATEWAY_IDP_CLIENT_ID and "
+                "GATEWAY_IDP_CLIENT_SECRET, or GATEWAY_DEMO=1 for the demo identity provider"
+            )
+        if idp_issuer and not demo and not idp_client_id:
+            raise SettingsError("GATEWAY_IDP_CLIENT_ID is required with GATEWAY_IDP_ISSUER")
+
+        values: dict[str, object] = {
+            "data_dir": data_dir,
+            "database_url": Secret(database_url),
+            "policies_dir": Path(env.get("GATEWAY_POLICIES") or "./policies"),
+            "issuer": issuer,
+            "demo": demo,
+            "idp_issuer": idp_issuer,
+            "idp_client_id": idp_client_id,
+            "idp_client_secret": Secret(idp_client_secret),
+            "log_format": log_format,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy Core tables, the async engine and the migration runner."""

@@ -1,0 +1,65 @@
+"""The async engine: SQLite (aiosqlite, WAL) embedded, or PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# Busy timeout for SQLite: how long a writer waits for another writer's lock.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalise_url(raw: str) -> URL:
+    """Pick the async driver for a plain ``sqlite://`` or ``postgresql://`` URL."""
+    url = make_url(raw)
+    if url.drivername in {"sqlite", "sqlite+pysqlite"}:
+        url = url.set(drivername="sqlite+aiosqlite")
+    elif url.drivername in {"postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"}:
+        url = url.set(drivername="postgresql+asyncpg")
+    if url.drivername not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+        raise ValueError(f"unsupported database driver {url.drivername!r}")
+    return url
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_engine(raw_url: str, **kwargs: Any) -> AsyncEngine:
+    """Create the engine, with SQLite tuned for one file shared by several processes."""
+    url = normalise_url(raw_url)
+    if url.drivername.startswith("sqlite"):
+        engine = create_async_engine(url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (below) instead of pysqlite's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed trail entry survives a power cut, not just a crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Every transaction takes the write lock up front: read-then-write
+        # sequences (next trail index, single-use checks) cannot interleave
+        # with another process's, and nobody upgrades a read lock into a
+        # deadlock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,463 @@
+"""The transfer path: one request from a service provider to a data provider.
+
+Read :func:`transfer` top to bottom to audit the order of checks (DESIGN §3):
+
+    (1) authenticate the caller: DPoP proof (typ, alg, signature, htm, htu, iat, ath)
+    (2) verify the consent token: alg allowlist, kid, iss, aud, exp, typ at+jwt;
+        the proof's key is the token's cnf.jkt; the proof's jti is used once
+    (3) load the consent: same client, active, not expired, resource covered, uses left
+    (4) policy decision: client may still ask this resource for this purpose,
+        acr high enough, query parameters allowlisted
+    (5) consume one use + record ``transfer.authorized`` — one transaction, durable before (6)
+    (6) relay to the provider's fixed URL with a gateway-signed assertion
+    (7) minimise: keep only the fields the consented resource releases
+    (8) record ``transfer.completed`` / ``transfer.failed``; end the consent once used up
+
+Any failed step stops the path with a problem response and a
+``transfer.denied`` trail entry naming the step and the code. If the trail
+cannot be written at (5), nothing is relayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway import dpop, replay
+from gateway.consents import Consent, ConsentState, new_id, pseudonym_of
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    NotFound,
+    QueryNotAllowed,
+    ServiceUnavailable,
+    Unauthenticated,
+    UpstreamError,
+)
+from gateway.minimise import minimise
+from gateway.policy.decision import Deny, decide_transfer
+from gateway.policy.model import IDENTITY_CLAIMS, Provider, Resource
+from gateway.runtime import Runtime
+from gateway.storage.models import subjects, transfers
+from gateway.subjects import pairwise_subject
+from gateway.tokens import ConsentToken, mint_provider_assertion, verify_consent_token
+from gateway.trail import EventType, TrailEvent
+
+log = structlog.get_logger(__name__)
+
+# A proof's jti is remembered for as long as the proof could be accepted.
+DPOP_JTI_RETENTION = timedelta(seconds=dpop.DPOP_MAX_AGE_SECONDS + 60)
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    method: str
+    path: str  # the request path, no query: htu = GATEWAY_ISSUER + path
+    provider: str
+    resource: str
+    query: Sequence[tuple[str, str]]
+    authorization: str | None
+    dpop_proofs: Sequence[str]
+    request_id: str
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    transfer_id: str
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Seen:
+    """What the path has learnt so far; recorded with a denial."""
+
+    transfer_id: str
+    step: int = 1
+    token: ConsentToken | None = None
+    consent: Consent | None = None
+
+
+class _Denied(Exception):
+    def __init__(self, step: int, error: GatewayError) -> None:
+        super().__init__(error.code)
+        self.step = step
+        self.error = error
+
+
+async def transfer(rt: Runtime, req: TransferRequest) -> TransferResult:
+    """Run one transfer; return the minimised data or raise a GatewayError."""
+    seen = _Seen(transfer_id=new_id())
+    try:
+        return await _run(rt, req, seen)
+    except _Denied as denied:
+        await _record_denial(rt, req, seen, denied.step, denied.error)
+        denied.error.extra["transfer_id"] = seen.transfer_id
+        raise denied.error from None
+
+
+async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult:
+    now = rt.now()
+    ts = now.timestamp()
+
+    # (1) authenticate the caller: the DPoP proof, bound to this request and token
+    if not req.authorization:
+        raise _Denied(1, Unauthenticated("token_missing", "Authorization: DPoP <token> required"))
+    scheme, _, access_token = req.authorization.partition(" ")
+    if scheme.lower() != "dpop" or not access_token.strip():
+        raise _Denied(
+            1, Unauthenticated("token_invalid", "use the DPoP authorization scheme (RFC 9449)")
+        )
+    access_token = access_token.strip()
+    try:
+        proof = dpop.verify_proof(
+            list(req.dpop_proofs) or None,
+            method=req.method,
+            url=rt.url(req.path),
+            now=ts,
+            access_token=access_token,
+        )
+    except Unauthenticated as exc:
+        raise _Denied(1, exc) from None
+
+    # (2) the consent token, then the proof's key against the token's cnf.jkt
+    seen.step = 2
+    try:
+        token = verify_consent_token(
+            access_token,
+            rt.token_keys,
+            issuer=rt.settings.issuer,
+            audience=rt.token_audience,
+            now=ts,
+        )
+        dpop.check_binding(proof, token.jkt)
+    except Unauthenticated as exc:
+        raise _Denied(2, exc) from None
+    seen.token = token
+    # RFC 9449 §11.1: the server SHOULD refuse a proof whose jti it has seen.
+    if not await replay.use_once(
+        rt.engine,
+        kind="dpop",
+        issuer=proof.jkt,
+        jti=proof.jti,
+        expires_at=now + DPOP_JTI_RETENTION,
+    ):
+        raise _Denied(2, Unauthenticated("dpop_proof_replayed", "DPoP proof jti already used"))
+
+    # (3) the live consent
+    seen.step = 3
+    resource = rt.policy.resource(req.provider, req.resource)
+    if resource is None:
+        raise _Denied(3, NotFound("unknown_resource", "no such provider or resource"))
+    provider = rt.policy.providers[req.provider]
+    async with rt.engine.connect() as conn:
+        consent = await rt.consents.get(conn, token.consent_id)
+    if consent is None or consent.client_id != token.client_id:
+        raise _Denied(3, Forbidden("consent_not_found", "the token's consent does not exist"))
+    seen.consent = consent
+    _check_consent(consent, provider, resource, now)
+
+    # (4) policy decision
+    seen.step = 4
+    decision = decide_transfer(
+        rt.policy,
+        client_id=consent.client_id,
+        purpose=consent.purpose,
+        provider=provider.id,
+        resource=resource.id,
+        acr=consent.acr,
+    )
+    if isinstance(decision, Deny):
+        raise _Denied(4, Forbidden(decision.code, decision.reason))
+    query = _check_query(resource, req.query)
+
+    # (5) consume one use and record transfer.authorized, in one transaction
+    seen.step = 5
+    subject = None
+    try:
+        async with rt.engine.begin() as conn:
+            if not await rt.consents.consume(conn, consent.id, provider.id, now):
+                raise _Denied(5, _why_not_consumable(await rt.consents.get(conn, consent.id)))
+            subject = await pseudonym_of(conn, consent.subject_id)
+            lookup = (
+                (await conn.execute(subjects.select().where(subjects.c.id == consent.subject_id)))
+                .one()
+                .lookup
+            )
+            await conn.execute(
+                insert(transfers).values(
+                    id=seen.transfer_id,
+                    consent_id=consent.id,
+                    client_id=consent.client_id,
+                    subject_id=consent.subject_id,
+                    provider=provider.id,
+                    resource=resource.id,
+                    request_id=req.request_id,
+                    state="authorized",
+                    created_at=now,
+                )
+            )
+            await rt.trail.append(
+                conn,
+                [
+                    TrailEvent(
+                        EventType.TRANSFER_AUTHORIZED,
+                        client_id=consent.client_id,
+                        consent_id=consent.id,
+                        transfer_id=seen.transfer_id,
+                        provider=provider.id,
+                        resource=resource.id,
+                        subject=subject,
+                        details={"purpose": consent.purpose, "request_id": req.request_id},
+                    )
+                ],
+                now=now,
+            )
+    except SQLAlchemyError:
+        log.exception("transfer.authorize_failed", transfer_id=seen.transfer_id)
+        raise _Denied(
+            5,
+            ServiceUnavailable(
+                "trail_unavailable", "the trail could not be written; nothing was relayed"
+            ),
+        ) from None
+
+    # (6) relay to the provider
+    assert consent.claims is not None and consent.subject_id is not None
+    identity = rt.claims_box.open(consent.claims, consent.id)
+    assertion = mint_provider_assertion(
+        rt.keys.active,
+        issuer=rt.settings.issuer,
+        provider=provider.id,
+        sub=pairwise_subject(rt.keys.pseudonym_secret, "provider", provider.id, lookup),
+        identity={
+            k: v
+            for k, v in identity.items()
+            if k in provider.identity_claims and k in IDENTITY_CLAIMS
+        },
+        resource=resource.id,
+        purpose=consent.purpose,
+        consent_id=consent.id,
+        transfer_id=seen.transfer_id,
+        client_id=consent.client_id,
+        lifetime=rt.settings.provider_assertion_lifetime_seconds,
+        now=ts,
+    )
+    try:
+        answer = await rt.relay.fetch(
+            provider, resource, query=query, assertion=assertion, transfer_id=seen.transfer_id
+        )
+    except UpstreamError as exc:
+        # (8) failure: nothing reached the service provider, so the use is given back
+        await _record_outcome(rt, consent, resource, seen.transfer_id, subject, failed=exc)
+        exc.extra.update(transfer_id=seen.transfer_id, provider=provider.id)
+        raise
+
+    # (7) minimise
+    if answer.status == 200:
+        delivered = minimise(answer.document, resource.pointers)
+    else:
+        delivered = {}
+    body = json.dumps(delivered, ensure_ascii=False, separators=(",", ":")).encode()
+
+    # (8) outcome
+    await _record_outcome(
+        rt,
+        consent,
+        resource,
+        seen.transfer_id,
+        subject,
+        provider_status=answer.status,
+        provider_size=answer.size,
+        provider_sha256=answer.sha256,
+        delivered=body,
+    )
+    if answer.status == 404:
+        raise NotFound(
+            "no_record",
+            f"{provider.name} has no record for this person",
+            transfer_id=seen.transfer_id,
+            provider=provider.id,
+        )
+    return TransferResult(transfer_id=seen.transfer_id, status=200, body=delivered)
+
+
+def _check_consent(consent: Consent, provider: Provider, resource: Resource, now: datetime) -> None:
+    if consent.state == ConsentState.ACTIVE and consent.expires_at <= now:
+        raise _Denied(3, Forbidden("consent_expired", "the consent has expired"))
+    if consent.state != ConsentState.ACTIVE:
+        raise _Denied(3, _state_error(consent.state))
+    detail = consent.detail_for(provider.id)
+    if detail is None:
+        raise _Denied(
+            3, Forbidden("provider_not_consented", f"the consent does not cover {provider.id}")
+        )
+    if resource.id not in detail.resources:
+        raise _Denied(
+            3,
+            Forbidden(
+                "resource_not_consented",
+                f"the consent does not cover {provider.id}/{resource.id}",
+            ),
+        )
+    allowance = consent.allowances.get(provider.id)
+    if allowance is None or allowance.uses_left <= 0:
+        raise _Denied(3, Forbidden("consent_exhausted", "every consented transfer has been used"))
+
+
+def _state_error(state: ConsentState) -> GatewayError:
+    return {
+        ConsentState.REVOKED: Forbidden("consent_revoked", "the person revoked this consent"),
+        ConsentState.EXPIRED: Forbidden("consent_expired", "the consent has expired"),
+        ConsentState.EXHAUSTED: Forbidden(
+            "consent_exhausted", "every consented transfer has been used"
+        ),
+    }.get(state, Forbidden("consent_not_active", f"the consent is {state}"))
+
+
+def _why_not_consumable(consent: Consent | None) -> GatewayError:
+    """Name the reason a guarded consume lost a race (revoked, expired or used up)."""
+    if consent is not None and consent.state != ConsentState.ACTIVE:
+        return _state_error(consent.state)
+    if consent is not None and any(a.uses_left > 0 for a in consent.allowances.values()):
+        return Forbidden("consent_expired", "the consent has expired")
+    return Forbidden("consent_exhausted", "every consented transfer has been used")
+
+
+def _check_query(resource: Resource, query: Sequence[tuple[str, str]]) -> dict[str, str]:
+    allowed: dict[str, str] = {}
+    for name, value in query:
+        pattern = resource.query.get(name)
+        if pattern is None:
+            raise _Denied(
+                4, QueryNotAllowed("query_not_allowed", f"query parameter {name!r} is not allowed")
+            )
+        if name in allowed:
+            raise _Denied(4, QueryNotAllowed("query_not_allowed", f"{name!r} given twice"))
+        if not pattern.fullmatch(value):
+            raise _Denied(
+                4, QueryNotAllowed("query_not_allowed", f"value of {name!r} is not allowed")
+            )
+        allowed[name] = value
+    return allowed
+
+
+async def _record_outcome(
+    rt: Runtime,
+    consent: Consent,
+    resource: Resource,
+    transfer_id: str,
+    subject: str | None,
+    *,
+    failed: UpstreamError | None = None,
+    provider_status: int | None = None,
+    provider_size: int | None = None,
+    provider_sha256: str | None = None,
+    delivered: bytes = b"",
+) -> None:
+    now = rt.now()
+    async with rt.engine.begin() as conn:
+        if failed is not None:
+            await rt.consents.give_back(conn, consent.id, resource.provider)
+            values: dict[str, Any] = {
+                "state": "failed",
+                "error_code": failed.code,
+                "http_status": failed.status,
+            }
+            event = TrailEvent(
+                EventType.TRANSFER_FAILED,
+                client_id=consent.client_id,
+                consent_id=consent.id,
+                transfer_id=transfer_id,
+                provider=resource.provider,
+                resource=resource.id,
+                subject=subject,
+                details={"code": failed.code, "use_returned": True},
+            )
+        else:
+            digest = hashlib.sha256(delivered).hexdigest()
+            values = {
+                "state": "completed",
+                "http_status": provider_status,
+                "size": len(delivered),
+                "sha256": digest,
+            }
+            event = TrailEvent(
+                EventType.TRANSFER_COMPLETED,
+                client_id=consent.client_id,
+                consent_id=consent.id,
+                transfer_id=transfer_id,
+                provider=resource.provider,
+                resource=resource.id,
+                subject=subject,
+                details={
+                    "provider_status": provider_status,
+                    "provider_size": provider_size,
+                    "provider_sha256": provider_sha256,
+                    "delivered_size": len(delivered),
+                    "delivered_sha256": digest,
+                },
+            )
+        await conn.execute(
+            update(transfers).where(transfers.c.id == transfer_id).values(finished_at=now, **values)
+        )
+        await rt.trail.append(conn, [event], now=now)
+        if failed is None:
+            await rt.consents.close_if_used_up(conn, consent.id, now)
+
+
+async def _record_denial(
+    rt: Runtime, req: TransferRequest, seen: _Seen, step: int, error: GatewayError
+) -> None:
+    now = rt.now()
+    consent = seen.consent
+    client_id = consent.client_id if consent else (seen.token.client_id if seen.token else None)
+    try:
+        async with rt.engine.begin() as conn:
+            subject = await pseudonym_of(conn, consent.subject_id) if consent else None
+            if consent is not None:
+                # The person sees refused attempts on their data too.
+                await conn.execute(
+                    insert(transfers).values(
+                        id=seen.transfer_id,
+                        consent_id=consent.id,
+                        client_id=client_id,
+                        subject_id=consent.subject_id,
+                        provider=req.provider[:64],
+                        resource=req.resource[:64],
+                        request_id=req.request_id,
+                        state="denied",
+                        http_status=error.status,
+                        error_code=error.code,
+                        created_at=now,
+                        finished_at=now,
+                    )
+                )
+            known = rt.policy.resource(req.provider, req.resource) is not None
+            await rt.trail.append(
+                conn,
+                [
+                    TrailEvent(
+                        EventType.TRANSFER_DENIED,
+                        client_id=client_id,
+                        consent_id=consent.id if consent else None,
+                        transfer_id=seen.transfer_id,
+                        provider=req.provider if known else None,
+                        resource=req.resource if known else None,
+                        subject=subject,
+                        details={"step": step, "code": error.code, "request_id": req.request_id},
+                    )
+                ],
+                now=now,
+            )
+    except SQLAlchemyError:
+        # The refusal stands either way; nothing was relayed.
+        log.exception("transfer.denial_not_recorded", transfer_id=seen.transfer_id)

@@ -1,0 +1,1 @@
+"""Person-facing pages: view-models, French/English text, templates and styles."""
