@@ -234,7 +234,7 @@ def create_app(
 ) -> Starlette:
     """The gateway as an ASGI app; ``transport`` routes outbound HTTP in tests."""
     settings = settings or Settings.from_env()
-    logs.configure(settings.log_format)
+    logs.configure(settings.log_format, settings.log_level)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

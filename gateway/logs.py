@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def configure(log_format: str, level: int = logging.INFO) -> None:
+def configure(log_format: str, level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
@@ -35,7 +35,9 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=_StderrLogger,
         cache_logger_on_first_use=False,
     )

@@ -45,6 +45,7 @@ class Settings:
     idp_client_id: str
     idp_client_secret: Secret
     log_format: str  # "json" | "console"
+    log_level: str = "info"
 
     # Consent tokens live at most 10 minutes (issue 2); 5 is enough for one transfer.
     token_lifetime_seconds: int = 300
@@ -105,7 +106,11 @@ class Settings:
         if idp_issuer and not demo and not idp_client_id:
             raise SettingsError("GATEWAY_IDP_CLIENT_ID is required with GATEWAY_IDP_ISSUER")
 
+        log_level = (env.get("GATEWAY_LOG_LEVEL") or "info").lower()
+        if log_level not in {"debug", "info", "warning", "error"}:
+            raise SettingsError("GATEWAY_LOG_LEVEL must be debug, info, warning or error")
         values: dict[str, object] = {
+            "log_level": log_level,
             "data_dir": data_dir,
             "database_url": Secret(database_url),
             "policies_dir": Path(env.get("GATEWAY_POLICIES") or "./policies"),

@@ -262,10 +262,7 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
         raise
 
     # (7) minimise
-    if answer.status == 200:
-        delivered = minimise(answer.document, resource.pointers)
-    else:
-        delivered = {}
+    delivered = minimise(answer.document, resource.pointers) if answer.status == 200 else {}
     body = json.dumps(delivered, ensure_ascii=False, separators=(",", ":")).encode()
 
     # (8) outcome

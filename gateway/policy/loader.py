@@ -112,8 +112,6 @@ class _Table:
     def key(self, key: str) -> str:
         if not key:
             return self.path
-        if key.startswith("["):
-            return f"{self.path}{key}"
         return f"{self.path}.{key}" if self.path else key
 
     def fail(self, key: str, message: str) -> NoReturn:

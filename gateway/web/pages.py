@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import structlog
 from sqlalchemy import select
@@ -27,7 +27,7 @@ from gateway.storage.models import authorization_codes, transfers
 from gateway.subjects import subject_lookup
 from gateway.trail import EventType, TrailEvent
 from gateway.web import session as sessions
-from gateway.web.i18n import Lang, choose, translate
+from gateway.web.i18n import Lang, choose, legal_basis_label, translate
 from gateway.web.render import (
     render_consent,
     render_error,
@@ -54,8 +54,11 @@ def _rt(request: Request) -> Runtime:
     return runtime
 
 
-def page_lang(request: Request) -> Lang:
-    return choose(request.query_params.get("lang"), request.headers.get("accept-language"))
+def page_lang(request: Request, form_lang: str | None = None) -> Lang:
+    """``?lang=`` (or a form's hidden ``lang``) wins over Accept-Language."""
+    return choose(
+        form_lang or request.query_params.get("lang"), request.headers.get("accept-language")
+    )
 
 
 def html(body: str, status: int = 200, *, form_action: Sequence[str] = ()) -> HTMLResponse:
@@ -222,7 +225,7 @@ async def consent_page(request: Request) -> Response:
         client_name=client.name,
         purpose_label=purpose.label.in_(lang),
         purpose_description=purpose.description.in_(lang),
-        legal_basis_label=translate(lang, "legal_basis.consent"),
+        legal_basis_label=legal_basis_label(lang, purpose.legal_basis),
         retention_days=purpose.retention_days,
         providers=_provider_views(rt, consent.details, lang),
         expires_at=rt.now() + timedelta(seconds=purpose.max_validity_seconds),
@@ -330,7 +333,7 @@ async def _transfers_by_consent(
                     at=row.created_at,
                     provider_name=provider.name if provider else row.provider,
                     resource_label=resource.label.in_(lang) if resource else row.resource,
-                    outcome=row.state if row.state != "authorized" else "completed",
+                    outcome=row.state,
                 )
             )
     return result
@@ -419,7 +422,8 @@ async def revoke_form(request: Request) -> Response:
     outcome = await _revoke(rt, session.subject_id, consent_id)
     if outcome == "not_found":
         return error_page(request, 404, "consent_unknown", back_url="/me")
-    return RedirectResponse("/me?notice=revoked", status_code=303)
+    lang = page_lang(request, _form_str(form.get("lang")))
+    return RedirectResponse(f"/me?notice=revoked&lang={lang}", status_code=303)
 
 
 # --------------------------------------------------------------------------- JSON twin
@@ -508,8 +512,3 @@ async def api_revoke(request: Request) -> Response:
         consent = await rt.consents.get(conn, consent_id)
     assert consent is not None
     return JSONResponse(_consent_json(rt, consent))
-
-
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from itertools import pairwise
 
 import pytest
 
@@ -127,7 +128,7 @@ def _check_page(html: str, lang: Lang) -> Page:
     # Headings: one h1, then no level skipped.
     levels = [int(e.tag[1]) for e in page.elements if re.fullmatch(r"h[1-6]", e.tag)]
     assert levels[0] == 1 and levels.count(1) == 1, levels
-    assert all(b <= a + 1 for a, b in zip(levels, levels[1:], strict=False)), levels
+    assert all(b <= a + 1 for a, b in pairwise(levels)), levels
     # ids are unique, and every ARIA reference points at one.
     ids = [e.attrs["id"] for e in page.elements if "id" in e.attrs]
     assert len(ids) == len(set(ids)), ids
