@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import logs, replay
+from gateway import audit, logs, replay
 from gateway.clients import ClientKeys
 from gateway.consents import ConsentStore
 from gateway.errors import GatewayError, LoginFailed
@@ -36,6 +36,9 @@ from gateway.storage.engine import create_engine
 from gateway.storage.migrate import check_schema
 from gateway.subjects import ClaimsBox
 from gateway.trail import EventType, Trail, TrailEvent
+from gateway.trail.note import Signer
+from gateway.trail.tree import Checkpointer
+from gateway.trail.writer import TrailWriter
 from gateway.transfer import TransferRequest, transfer
 from gateway.web import pages
 from gateway.web import session as sessions
@@ -72,7 +75,7 @@ async def build_runtime(
         keys=keys,
         policy=policy,
         trail=trail,
-        consents=ConsentStore(trail),
+        consents=ConsentStore(),
         relay=Relay(policy.providers, transport=transport),
         http=http,
         identity=OidcRelyingParty(
@@ -84,19 +87,29 @@ async def build_runtime(
         ),
         client_keys=ClientKeys(http),
         claims_box=ClaimsBox(keys.claims_key),
+        writer=TrailWriter(
+            engine,
+            trail,
+            clock,
+            max_batch=settings.trail_batch_max,
+            linger_seconds=settings.trail_batch_linger_ms / 1000,
+        ),
+        checkpointer=Checkpointer(
+            engine, Signer(settings.trail_origin, keys.trail_key), settings.trail_origin
+        ),
         clock=clock,
     )
-    async with engine.begin() as conn:
-        if await Trail.latest_policy_digest(conn) != policy.digest:
-            await trail.append(
-                conn,
-                [TrailEvent(EventType.POLICY_LOADED, details={"clients": len(policy.clients)})],
-                now=rt.now(),
-            )
+    async with engine.connect() as conn:
+        recorded = await Trail.latest_policy_digest(conn)
+    if recorded != policy.digest:
+        await rt.record(
+            TrailEvent(EventType.POLICY_LOADED, details={"clients": len(policy.clients)})
+        )
     return rt
 
 
 async def close_runtime(rt: Runtime) -> None:
+    await rt.writer.stop()
     await rt.relay.aclose()
     await rt.http.aclose()
     await rt.engine.dispose()
@@ -105,8 +118,7 @@ async def close_runtime(rt: Runtime) -> None:
 async def sweep(rt: Runtime) -> None:
     """End consents at their expiry (with nobody calling) and forget stale state."""
     now = rt.now()
-    async with rt.engine.begin() as conn:
-        ended = await rt.consents.expire_due(conn, now)
+    ended = await rt.writer.run(rt.consents.expire_due)
     if ended:
         log.info("consents.expired", count=len(ended))
     await replay.prune(rt.engine, now)
@@ -120,6 +132,15 @@ async def _sweeper(rt: Runtime) -> None:
         except Exception:
             log.exception("sweep.failed")
         await asyncio.sleep(rt.settings.expiry_sweep_seconds)
+
+
+async def _checkpointer(rt: Runtime) -> None:
+    while True:
+        try:
+            await rt.checkpointer.sign_if_grown(rt.now())
+        except Exception:
+            log.exception("checkpoint.failed")
+        await asyncio.sleep(rt.settings.checkpoint_interval_seconds)
 
 
 # --------------------------------------------------------------------------- routes
@@ -196,7 +217,7 @@ async def _login_failed(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("request.failed", exc_info=exc)
-    if request.url.path.startswith(("/data/", "/api/", "/oauth/token")):
+    if request.url.path.startswith(("/data/", "/api/", "/oauth/token", "/audit/", "/trail/")):
         return JSONResponse(
             {
                 "type": "urn:gateway:error:internal",
@@ -211,7 +232,9 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    if request.url.path.startswith(("/data/", "/api/", "/oauth/", "/.well-known/")):
+    if request.url.path.startswith(
+        ("/data/", "/api/", "/oauth/", "/.well-known/", "/audit/", "/trail/")
+    ):
         return JSONResponse(
             {
                 "type": "urn:gateway:error:not_found",
@@ -254,15 +277,20 @@ def create_app(
                 },
                 signing_key=rt.keys.demo.idp_key,
             )
-        sweeper = asyncio.create_task(_sweeper(rt)) if background else None
+        rt.writer.start()
+        tasks = (
+            [asyncio.create_task(_sweeper(rt)), asyncio.create_task(_checkpointer(rt))]
+            if background
+            else []
+        )
         log.info("gateway.started", issuer=settings.issuer, demo=settings.demo)
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await task
             await close_runtime(rt)
 
     routes: list[Route | Mount] = [
@@ -282,6 +310,13 @@ def create_app(
         Route("/api/me/transfers", pages.api_transfers),
         Route("/api/me/consents/{consent_id}/revoke", pages.api_revoke, methods=["POST"]),
         Route("/data/{provider}/{resource}", data, methods=["GET"]),
+        Route("/trail/checkpoint", audit.checkpoint),
+        Route("/trail/verifier-key", audit.verifier_key),
+        Route("/trail/proof/inclusion", audit.inclusion_proof),
+        Route("/trail/proof/consistency", audit.consistency_proof),
+        Route("/trail/entries/{index}", audit.entry),
+        Route("/audit/events", audit.events),
+        Route("/audit/export", audit.export),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if settings.demo:

@@ -7,13 +7,17 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from gateway.keys import KeyRing
 
-def _settings(**overrides: object) -> Settings:
+
+def _settings(*, require_idp: bool = True, **overrides: object) -> Settings:
     try:
-        return Settings.from_env(None, **overrides)
+        return Settings.from_env(None, require_idp=require_idp, **overrides)
     except SettingsError as exc:
         raise SystemExit(f"gateway: configuration error: {exc}") from None
 
@@ -27,6 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def schema_ok() -> None:
+        if settings.database_url.value.startswith("sqlite"):
+            # As `db upgrade` does: a missing data dir is an empty database, which
+            # check_schema reports, not a driver traceback.
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(settings.database_url.value)
         try:
             await check_schema(engine)
@@ -89,17 +97,80 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     ring = load_keys(settings.keys_dir, create=True, demo=settings.demo)
+    _print_keys(settings, ring)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from gateway.keys import KeysMissing, load_keys
+
+    settings = _settings(require_idp=False)
+    try:
+        ring = load_keys(settings.keys_dir, create=False)
+    except KeysMissing as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    _print_keys(settings, ring)
+    return 0
+
+
+def _print_keys(settings: Settings, ring: KeyRing) -> None:
+    from gateway.trail.note import Signer
+
     print(f"keys in {settings.keys_dir}")
     for key in ring.signing:
         marker = " (signing)" if key is ring.active else ""
         print(f"  {key.alg} {key.kid}{marker}")
+    print("trail checkpoint verifier key (give it to auditors and witnesses):")
+    print(f"  {Signer(settings.trail_origin, ring.trail_key).verifier_key()}")
+
+
+def cmd_trail_verify(args: argparse.Namespace) -> int:
+    from gateway.trail.verify import cli_verify
+
+    return cli_verify(
+        Path(args.export),
+        Path(args.checkpoint),
+        args.verifier_key,
+        Path(args.old_checkpoint) if args.old_checkpoint else None,
+    )
+
+
+def cmd_trail_watch(args: argparse.Namespace) -> int:
+    from gateway.trail.verify import cli_watch
+
+    return asyncio.run(
+        cli_watch(
+            args.url,
+            args.verifier_key,
+            Path(args.state),
+            interval=args.interval,
+            count=args.count,
+        )
+    )
+
+
+def cmd_subject_erase(args: argparse.Namespace) -> int:
+    from gateway.erasure import erase_subject
+
+    settings = _settings(require_idp=False)
+    found = asyncio.run(erase_subject(settings, args.pseudonym))
+    if not found:
+        print(f"no person has the trail pseudonym {args.pseudonym!r}", file=sys.stderr)
+        return 1
+    print(
+        "erased: the person's trail secret is deleted; their trail entries stay and stay "
+        "provable, but can no longer be linked to them"
+    )
     return 0
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy.loader import PolicyError, describe, load_policies
 
-    settings = _settings()
+    # Checking policy files logs nobody in: it must work on a reviewer's machine
+    # or in CI, where no identity provider is configured.
+    settings = _settings(require_idp=False)
     directory = Path(args.directory) if args.directory else settings.policies_dir
     allow_http = settings.demo or args.demo
     try:
@@ -145,6 +216,39 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("generate", help="create missing keys and list them").set_defaults(
         func=cmd_keys_generate
     )
+    keys_sub.add_parser(
+        "list", help="list keys and the trail verifier key, creating nothing"
+    ).set_defaults(func=cmd_keys_list)
+
+    trail = sub.add_parser("trail", help="verify and watch the tamper-evident trail")
+    trail_sub = trail.add_subparsers(dest="trail_command", metavar="ACTION", required=True)
+    verify = trail_sub.add_parser(
+        "verify", help="check an export offline against a signed checkpoint"
+    )
+    verify.add_argument("export", metavar="EXPORT", help="NDJSON from /audit/export")
+    verify.add_argument("--checkpoint", required=True, help="file with a signed checkpoint")
+    verify.add_argument(
+        "--verifier-key", required=True, help="the note verifier key (or a file holding it)"
+    )
+    verify.add_argument("--old-checkpoint", help="an older checkpoint the log must extend")
+    verify.set_defaults(func=cmd_trail_verify)
+    watch = trail_sub.add_parser(
+        "watch", help="fetch checkpoints periodically and alarm on a fork or a rollback"
+    )
+    watch.add_argument("url", metavar="URL", help="the gateway's base URL")
+    watch.add_argument("--verifier-key", required=True, help="the note verifier key or a file")
+    watch.add_argument("--state", required=True, help="file keeping the last checkpoint seen")
+    watch.add_argument("--interval", type=float, default=60.0, help="seconds between checks")
+    watch.add_argument("--count", type=int, help="stop after this many checks (default: never)")
+    watch.set_defaults(func=cmd_trail_watch)
+
+    subject = sub.add_parser("subject", help="operator actions on a person's pseudonym")
+    subject_sub = subject.add_subparsers(dest="subject_command", metavar="ACTION", required=True)
+    erase = subject_sub.add_parser(
+        "erase", help="delete a person's trail secret: their entries become unlinkable"
+    )
+    erase.add_argument("--pseudonym", required=True, help="the person's trail pseudonym")
+    erase.set_defaults(func=cmd_subject_erase)
 
     policy = sub.add_parser("policy", help="policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)

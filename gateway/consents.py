@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.policy.decision import AuthorizationDetail
 from gateway.storage.models import consent_allowances, consents, subjects
 from gateway.subjects import trail_pseudonym
-from gateway.trail import EventType, Trail, TrailEvent
+from gateway.trail import EventType, TrailEvent
+from gateway.trail.writer import Tx
 
 
 class ConsentState(StrEnum):
@@ -137,10 +138,11 @@ async def ensure_subject(conn: AsyncConnection, lookup: str, now: datetime) -> s
 
 
 class ConsentStore:
-    """Reads consents and changes their state, each change with its trail entry."""
+    """Reads consents and changes their state, each change with its trail entry.
 
-    def __init__(self, trail: Trail) -> None:
-        self.trail = trail
+    Reads take a connection; changes take the :class:`Tx` of a unit of work, so
+    the change and its entry commit in the same batch or not at all.
+    """
 
     async def get(self, conn: AsyncConnection, consent_id: str) -> Consent | None:
         row = (await conn.execute(select(consents).where(consents.c.id == consent_id))).first()
@@ -183,7 +185,7 @@ class ConsentStore:
 
     async def create_pending(
         self,
-        conn: AsyncConnection,
+        tx: Tx,
         *,
         client_id: str,
         details: Sequence[AuthorizationDetail],
@@ -192,8 +194,8 @@ class ConsentStore:
         code_challenge: str,
         browser_binding: str,
         expires_at: datetime,
-        now: datetime,
     ) -> str:
+        conn, now = tx.conn, tx.now
         consent_id = new_id()
         await conn.execute(
             insert(consents).values(
@@ -222,8 +224,7 @@ class ConsentStore:
                 for d in details
             ],
         )
-        await self.trail.append(
-            conn,
+        await tx.record(
             [
                 TrailEvent(
                     EventType.CONSENT_REQUESTED,
@@ -231,22 +232,22 @@ class ConsentStore:
                     consent_id=consent_id,
                     details={"authorization_details": details_to_json(details)},
                 )
-            ],
-            now=now,
+            ]
         )
         return consent_id
 
     async def grant(
         self,
-        conn: AsyncConnection,
+        tx: Tx,
         consent: Consent,
         *,
         subject_id: str,
         acr: str | None,
         sealed_claims: bytes,
         expires_at: datetime,
-        now: datetime,
-    ) -> bool:
+    ) -> int | None:
+        """Activate a pending consent; returns the index of its ``consent.granted`` entry."""
+        conn, now = tx.conn, tx.now
         done = await conn.execute(
             update(consents)
             .where(
@@ -264,9 +265,8 @@ class ConsentStore:
             )
         )
         if done.rowcount != 1:
-            return False
-        await self.trail.append(
-            conn,
+            return None
+        [index] = await tx.record(
             [
                 TrailEvent(
                     EventType.CONSENT_GRANTED,
@@ -275,14 +275,12 @@ class ConsentStore:
                     subject=await pseudonym_of(conn, subject_id),
                     details={"acr": acr, "expires_at": _rfc3339(expires_at)},
                 )
-            ],
-            now=now,
+            ]
         )
-        return True
+        return index
 
-    async def deny(
-        self, conn: AsyncConnection, consent: Consent, *, subject_id: str, now: datetime
-    ) -> bool:
+    async def deny(self, tx: Tx, consent: Consent, *, subject_id: str) -> bool:
+        conn, now = tx.conn, tx.now
         done = await conn.execute(
             update(consents)
             .where(consents.c.id == consent.id, consents.c.state == ConsentState.PENDING)
@@ -296,8 +294,7 @@ class ConsentStore:
         )
         if done.rowcount != 1:
             return False
-        await self.trail.append(
-            conn,
+        await tx.record(
             [
                 TrailEvent(
                     EventType.CONSENT_DENIED,
@@ -305,22 +302,21 @@ class ConsentStore:
                     consent_id=consent.id,
                     subject=await pseudonym_of(conn, subject_id),
                 )
-            ],
-            now=now,
+            ]
         )
         return True
 
     async def end(
         self,
-        conn: AsyncConnection,
+        tx: Tx,
         consent: Consent,
         *,
         to: ConsentState,
         reason: str,
-        now: datetime,
         from_states: Sequence[ConsentState] = (ConsentState.ACTIVE,),
     ) -> bool:
         """Move an active (or pending) consent to an end state, erasing its claims."""
+        conn, now = tx.conn, tx.now
         event_type = {
             ConsentState.REVOKED: EventType.CONSENT_REVOKED,
             ConsentState.EXPIRED: EventType.CONSENT_EXPIRED,
@@ -333,8 +329,7 @@ class ConsentStore:
         )
         if done.rowcount != 1:
             return False
-        await self.trail.append(
-            conn,
+        await tx.record(
             [
                 TrailEvent(
                     event_type,
@@ -343,8 +338,7 @@ class ConsentStore:
                     subject=await pseudonym_of(conn, consent.subject_id),
                     details={"reason": reason},
                 )
-            ],
-            now=now,
+            ]
         )
         return True
 
@@ -387,19 +381,18 @@ class ConsentStore:
             .values(uses_left=consent_allowances.c.uses_left + 1)
         )
 
-    async def close_if_used_up(self, conn: AsyncConnection, consent_id: str, now: datetime) -> bool:
+    async def close_if_used_up(self, tx: Tx, consent_id: str) -> bool:
         """End the consent as ``exhausted`` once no provider has a use left."""
-        consent = await self.get(conn, consent_id)
+        consent = await self.get(tx.conn, consent_id)
         if consent is None or consent.state != ConsentState.ACTIVE:
             return False
         if any(a.uses_left > 0 for a in consent.allowances.values()):
             return False
-        return await self.end(
-            conn, consent, to=ConsentState.EXHAUSTED, reason="transfers_used", now=now
-        )
+        return await self.end(tx, consent, to=ConsentState.EXHAUSTED, reason="transfers_used")
 
-    async def expire_due(self, conn: AsyncConnection, now: datetime) -> list[str]:
+    async def expire_due(self, tx: Tx) -> list[str]:
         """End every pending or active consent whose expiry has passed."""
+        conn, now = tx.conn, tx.now
         due = await conn.execute(
             select(consents.c.id).where(
                 consents.c.state.in_([ConsentState.PENDING, ConsentState.ACTIVE]),
@@ -410,11 +403,10 @@ class ConsentStore:
         for row in due.all():
             consent = await self.get(conn, row.id)
             if consent and await self.end(
-                conn,
+                tx,
                 consent,
                 to=ConsentState.EXPIRED,
                 reason="expired",
-                now=now,
                 from_states=(ConsentState.PENDING, ConsentState.ACTIVE),
             ):
                 ended.append(consent.id)

@@ -26,6 +26,8 @@ from gateway.relay import Relay
 from gateway.settings import Settings
 from gateway.subjects import ClaimsBox
 from gateway.trail import Trail, TrailEvent
+from gateway.trail.tree import Checkpointer
+from gateway.trail.writer import TrailWriter, Tx
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +49,8 @@ class Runtime:
     identity: OidcRelyingParty
     client_keys: ClientKeys
     claims_box: ClaimsBox
+    writer: TrailWriter
+    checkpointer: Checkpointer
     clock: Callable[[], datetime] = field(default=system_clock)
 
     def now(self) -> datetime:
@@ -58,6 +62,11 @@ class Runtime:
         return f"{self.settings.issuer}/data"
 
     @property
+    def audit_audience(self) -> str:
+        """An auditor token's ``aud``: the audit API (never accepted at /data)."""
+        return f"{self.settings.issuer}/audit"
+
+    @property
     def token_keys(self) -> list[PublicKey]:
         return [k.public_key() for k in self.keys.signing]
 
@@ -67,8 +76,11 @@ class Runtime:
 
     async def record(self, *events: TrailEvent) -> None:
         """Append events in a transaction of their own (refusals, which change nothing else)."""
+
+        async def work(tx: Tx) -> None:
+            await tx.record(list(events))
+
         try:
-            async with self.engine.begin() as conn:
-                await self.trail.append(conn, list(events), now=self.now())
+            await self.writer.run(work)
         except SQLAlchemyError:
             log.exception("trail.write_failed", types=[str(e.type) for e in events])

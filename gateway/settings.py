@@ -59,6 +59,14 @@ class Settings:
     session_lifetime_seconds: int = 1800
     # How often the background sweep ends consents that reached their expiry.
     expiry_sweep_seconds: float = 30.0
+    # Trail: the checkpoint origin line and key name (C2SP tlog-checkpoint).
+    trail_origin: str = ""
+    # Group commit: at most this many units of work per transaction, and how
+    # long an idle writer waits for company before flushing (0: flush at once).
+    trail_batch_max: int = 256
+    trail_batch_linger_ms: float = 0.0
+    # A new checkpoint is signed at most this often, when the tree has grown.
+    checkpoint_interval_seconds: float = 1.0
 
     @property
     def https_only(self) -> bool:
@@ -69,8 +77,18 @@ class Settings:
         return self.data_dir / "keys"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read ``GATEWAY_*`` variables; ``overrides`` win (used by the CLI flags)."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        require_idp: bool = True,
+        **overrides: object,
+    ) -> Settings:
+        """Read ``GATEWAY_*`` variables; ``overrides`` win (used by the CLI flags).
+
+        ``require_idp=False`` is for commands that never log anyone in
+        (``gateway policy check``): a missing identity provider is then no error.
+        """
         env = os.environ if env is None else env
         data_dir = Path(env.get("GATEWAY_DATA_DIR") or "./var")
         database_url = env.get("GATEWAY_DATABASE_URL") or f"sqlite:///{data_dir / 'gateway.db'}"
@@ -98,7 +116,7 @@ class Settings:
             # The demo identity provider is mounted inside the gateway (gateway.demo.idp).
             idp_issuer = f"{issuer}/demo-idp"
             idp_client_id = idp_client_id or "gateway-demo"
-        if not demo and not idp_issuer:
+        if require_idp and not demo and not idp_issuer:
             raise SettingsError(
                 "No identity provider: set GATEWAY_IDP_ISSUER, GATEWAY_IDP_CLIENT_ID and "
                 "GATEWAY_IDP_CLIENT_SECRET, or GATEWAY_DEMO=1 for the demo identity provider"
@@ -109,7 +127,25 @@ class Settings:
         log_level = (env.get("GATEWAY_LOG_LEVEL") or "info").lower()
         if log_level not in {"debug", "info", "warning", "error"}:
             raise SettingsError("GATEWAY_LOG_LEVEL must be debug, info, warning or error")
+        origin = env.get("GATEWAY_TRAIL_ORIGIN") or f"{parts.netloc}{parts.path}/trail"
+        if not origin or any(c.isspace() or c == "+" for c in origin):
+            raise SettingsError("GATEWAY_TRAIL_ORIGIN must be non-empty, without spaces or '+'")
+        try:
+            batch_max = int(env.get("GATEWAY_TRAIL_BATCH_MAX") or 256)
+            linger_ms = float(env.get("GATEWAY_TRAIL_BATCH_LINGER_MS") or 0)
+            checkpoint_every = float(env.get("GATEWAY_CHECKPOINT_INTERVAL") or 1.0)
+        except ValueError:
+            raise SettingsError(
+                "GATEWAY_TRAIL_BATCH_MAX, GATEWAY_TRAIL_BATCH_LINGER_MS and "
+                "GATEWAY_CHECKPOINT_INTERVAL must be numbers"
+            ) from None
+        if batch_max < 1 or linger_ms < 0 or checkpoint_every <= 0:
+            raise SettingsError("trail batch and checkpoint settings must be positive")
         values: dict[str, object] = {
+            "trail_origin": origin,
+            "trail_batch_max": batch_max,
+            "trail_batch_linger_ms": linger_ms,
+            "checkpoint_interval_seconds": checkpoint_every,
             "log_level": log_level,
             "data_dir": data_dir,
             "database_url": Secret(database_url),

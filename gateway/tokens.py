@@ -514,3 +514,93 @@ def verify_provider_assertion(
         )
     except _Refused as refused:
         raise ValueError(f"provider assertion refused: {refused.reason}") from None
+
+
+# --------------------------------------------------------------------------- audit tokens
+
+AUDIT_SCOPE = "audit:read"
+_AUDIT_CLAIMS = ("iss", "aud", "sub", "client_id", "iat", "exp", "jti", "cnf", "scope")
+
+
+@dataclass(frozen=True)
+class AuditToken:
+    """The claims of a verified auditor token (client_credentials, DPoP-bound)."""
+
+    jti: str
+    client_id: str
+    scope: tuple[str, ...]
+    jkt: str
+    iat: int
+    exp: int
+
+
+def mint_audit_token(
+    key: SigningKey,
+    *,
+    issuer: str,
+    audience: str,
+    client_id: str,
+    jkt: str,
+    scope: Sequence[str],
+    lifetime: int,
+    now: float,
+) -> tuple[str, AuditToken]:
+    """Sign an auditor's access token; its audience is the audit API, not /data."""
+    if not 0 < lifetime <= CONSENT_TOKEN_MAX_LIFETIME:
+        raise ValueError(f"audit token lifetime must be 1..{CONSENT_TOKEN_MAX_LIFETIME} s")
+    iat = int(now)
+    parsed = AuditToken(
+        jti=secrets.token_urlsafe(16),
+        client_id=client_id,
+        scope=tuple(scope),
+        jkt=jkt,
+        iat=iat,
+        exp=iat + lifetime,
+    )
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": client_id,
+        "client_id": client_id,
+        "iat": parsed.iat,
+        "exp": parsed.exp,
+        "jti": parsed.jti,
+        "cnf": {"jkt": jkt},
+        "scope": " ".join(scope),
+    }
+    token = jwt.encode(
+        claims, key.private_key, algorithm=key.alg, headers={"typ": CONSENT_JWT_TYP, "kid": key.kid}
+    )
+    return token, parsed
+
+
+def verify_audit_token(
+    token: str, keys: Sequence[PublicKey], *, issuer: str, audience: str, now: float
+) -> AuditToken:
+    """Verify an auditor token (same pinned checks as consent tokens, audit audience)."""
+    try:
+        claims = _verify_own_jwt(
+            token,
+            keys,
+            typ=CONSENT_JWT_TYP,
+            issuer=issuer,
+            audience=audience,
+            required=_AUDIT_CLAIMS,
+            max_lifetime=CONSENT_TOKEN_MAX_LIFETIME,
+            now=now,
+        )
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if not isinstance(jkt, str) or not jkt:
+            raise _Refused("cnf.jkt missing")
+        return AuditToken(
+            jti=_non_empty_str(claims, "jti"),
+            client_id=_non_empty_str(claims, "client_id"),
+            scope=tuple(_non_empty_str(claims, "scope").split()),
+            jkt=jkt,
+            iat=_numeric_date(claims, "iat"),
+            exp=_numeric_date(claims, "exp"),
+        )
+    except _Refused as refused:
+        code = EXPIRED_CODE if refused.expired else INVALID_CODE
+        raise Unauthenticated(code, f"audit token refused: {refused.reason}") from None

@@ -28,8 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import insert, select, update
 
 from gateway import dpop, replay
 from gateway.consents import Consent, ConsentState, new_id, pseudonym_of
@@ -50,6 +49,7 @@ from gateway.storage.models import subjects, transfers
 from gateway.subjects import pairwise_subject
 from gateway.tokens import ConsentToken, mint_provider_assertion, verify_consent_token
 from gateway.trail import EventType, TrailEvent
+from gateway.trail.writer import Tx
 
 log = structlog.get_logger(__name__)
 
@@ -179,49 +179,52 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
         raise _Denied(4, Forbidden(decision.code, decision.reason))
     query = _check_query(resource, req.query)
 
-    # (5) consume one use and record transfer.authorized, in one transaction
+    # (5) consume one use and record transfer.authorized, in one unit of work
     seen.step = 5
-    subject = None
-    try:
-        async with rt.engine.begin() as conn:
-            if not await rt.consents.consume(conn, consent.id, provider.id, now):
-                raise _Denied(5, _why_not_consumable(await rt.consents.get(conn, consent.id)))
-            subject = await pseudonym_of(conn, consent.subject_id)
-            lookup = (
-                (await conn.execute(subjects.select().where(subjects.c.id == consent.subject_id)))
-                .one()
-                .lookup
+
+    async def authorize(tx: Tx) -> tuple[str | None, str]:
+        conn = tx.conn
+        if not await rt.consents.consume(conn, consent.id, provider.id, tx.now):
+            raise _Denied(5, _why_not_consumable(await rt.consents.get(conn, consent.id)))
+        subject = await pseudonym_of(conn, consent.subject_id)
+        lookup = (
+            await conn.execute(select(subjects.c.lookup).where(subjects.c.id == consent.subject_id))
+        ).scalar_one()
+        await conn.execute(
+            insert(transfers).values(
+                id=seen.transfer_id,
+                consent_id=consent.id,
+                client_id=consent.client_id,
+                subject_id=consent.subject_id,
+                provider=provider.id,
+                resource=resource.id,
+                request_id=req.request_id,
+                state="authorized",
+                created_at=tx.now,
             )
-            await conn.execute(
-                insert(transfers).values(
-                    id=seen.transfer_id,
-                    consent_id=consent.id,
+        )
+        await tx.record(
+            [
+                TrailEvent(
+                    EventType.TRANSFER_AUTHORIZED,
                     client_id=consent.client_id,
-                    subject_id=consent.subject_id,
+                    consent_id=consent.id,
+                    transfer_id=seen.transfer_id,
                     provider=provider.id,
                     resource=resource.id,
-                    request_id=req.request_id,
-                    state="authorized",
-                    created_at=now,
+                    subject=subject,
+                    details={"purpose": consent.purpose, "request_id": req.request_id},
                 )
-            )
-            await rt.trail.append(
-                conn,
-                [
-                    TrailEvent(
-                        EventType.TRANSFER_AUTHORIZED,
-                        client_id=consent.client_id,
-                        consent_id=consent.id,
-                        transfer_id=seen.transfer_id,
-                        provider=provider.id,
-                        resource=resource.id,
-                        subject=subject,
-                        details={"purpose": consent.purpose, "request_id": req.request_id},
-                    )
-                ],
-                now=now,
-            )
-    except SQLAlchemyError:
+            ]
+        )
+        return subject, str(lookup)
+
+    try:
+        subject, lookup = await rt.writer.run(authorize)
+    except _Denied:
+        raise
+    except Exception:
+        # Fail closed: whatever kept the entry from being durable, nothing is relayed.
         log.exception("transfer.authorize_failed", transfer_id=seen.transfer_id)
         raise _Denied(
             5,
@@ -360,8 +363,8 @@ async def _record_outcome(
     provider_sha256: str | None = None,
     delivered: bytes = b"",
 ) -> None:
-    now = rt.now()
-    async with rt.engine.begin() as conn:
+    async def work(tx: Tx) -> None:
+        conn = tx.conn
         if failed is not None:
             await rt.consents.give_back(conn, consent.id, resource.provider)
             values: dict[str, Any] = {
@@ -404,57 +407,62 @@ async def _record_outcome(
                 },
             )
         await conn.execute(
-            update(transfers).where(transfers.c.id == transfer_id).values(finished_at=now, **values)
+            update(transfers)
+            .where(transfers.c.id == transfer_id)
+            .values(finished_at=tx.now, **values)
         )
-        await rt.trail.append(conn, [event], now=now)
+        await tx.record([event])
         if failed is None:
-            await rt.consents.close_if_used_up(conn, consent.id, now)
+            await rt.consents.close_if_used_up(tx, consent.id)
+
+    await rt.writer.run(work)
 
 
 async def _record_denial(
     rt: Runtime, req: TransferRequest, seen: _Seen, step: int, error: GatewayError
 ) -> None:
-    now = rt.now()
     consent = seen.consent
     client_id = consent.client_id if consent else (seen.token.client_id if seen.token else None)
-    try:
-        async with rt.engine.begin() as conn:
-            subject = await pseudonym_of(conn, consent.subject_id) if consent else None
-            if consent is not None:
-                # The person sees refused attempts on their data too.
-                await conn.execute(
-                    insert(transfers).values(
-                        id=seen.transfer_id,
-                        consent_id=consent.id,
-                        client_id=client_id,
-                        subject_id=consent.subject_id,
-                        provider=req.provider[:64],
-                        resource=req.resource[:64],
-                        request_id=req.request_id,
-                        state="denied",
-                        http_status=error.status,
-                        error_code=error.code,
-                        created_at=now,
-                        finished_at=now,
-                    )
+
+    async def work(tx: Tx) -> None:
+        conn, now = tx.conn, tx.now
+        subject = await pseudonym_of(conn, consent.subject_id) if consent else None
+        if consent is not None:
+            # The person sees refused attempts on their data too.
+            await conn.execute(
+                insert(transfers).values(
+                    id=seen.transfer_id,
+                    consent_id=consent.id,
+                    client_id=client_id,
+                    subject_id=consent.subject_id,
+                    provider=req.provider[:64],
+                    resource=req.resource[:64],
+                    request_id=req.request_id,
+                    state="denied",
+                    http_status=error.status,
+                    error_code=error.code,
+                    created_at=now,
+                    finished_at=now,
                 )
-            known = rt.policy.resource(req.provider, req.resource) is not None
-            await rt.trail.append(
-                conn,
-                [
-                    TrailEvent(
-                        EventType.TRANSFER_DENIED,
-                        client_id=client_id,
-                        consent_id=consent.id if consent else None,
-                        transfer_id=seen.transfer_id,
-                        provider=req.provider if known else None,
-                        resource=req.resource if known else None,
-                        subject=subject,
-                        details={"step": step, "code": error.code, "request_id": req.request_id},
-                    )
-                ],
-                now=now,
             )
-    except SQLAlchemyError:
+        known = rt.policy.resource(req.provider, req.resource) is not None
+        await tx.record(
+            [
+                TrailEvent(
+                    EventType.TRANSFER_DENIED,
+                    client_id=client_id,
+                    consent_id=consent.id if consent else None,
+                    transfer_id=seen.transfer_id,
+                    provider=req.provider if known else None,
+                    resource=req.resource if known else None,
+                    subject=subject,
+                    details={"step": step, "code": error.code, "request_id": req.request_id},
+                )
+            ]
+        )
+
+    try:
+        await rt.writer.run(work)
+    except Exception:
         # The refusal stands either way; nothing was relayed.
         log.exception("transfer.denial_not_recorded", transfer_id=seen.transfer_id)

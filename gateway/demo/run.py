@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import sys
 from collections.abc import Callable
@@ -89,7 +90,10 @@ async def run_demo(*, scripted: bool) -> int:
     from gateway.demo.client import DemoServiceProvider
     from gateway.demo.providers import cnaf_app, dgfip_app
 
-    settings = Settings.from_env(None, demo=True, **({"log_level": "warning"} if scripted else {}))
+    settings = Settings.from_env(None, demo=True)
+    if scripted:
+        # The story's own lines are the output; the gateway only speaks up on trouble.
+        settings = dataclasses.replace(settings, log_level="warning")
     await _prepare(settings)
     issuer = urlsplit(settings.issuer)
     host = issuer.hostname or "127.0.0.1"

@@ -20,6 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from gateway.errors import InvalidRequest
 from gateway.policy.decision import Deny, decide_request, parse_authorization_details
 from gateway.runtime import Runtime
+from gateway.trail.writer import Tx
 from gateway.web import session as sessions
 from gateway.web.pages import _refused, error_page
 
@@ -87,9 +88,10 @@ async def authorize(request: Request) -> Response:
     # Bind the request to this browser: only it may open the consent page.
     flow = request.cookies.get(sessions.FLOW_COOKIE) or secrets.token_urlsafe(32)
     now = rt.now()
-    async with rt.engine.begin() as conn:
-        consent_id = await rt.consents.create_pending(
-            conn,
+
+    async def create(tx: Tx) -> str:
+        return await rt.consents.create_pending(
+            tx,
             client_id=client.id,
             details=details,
             redirect_uri=redirect_uri,
@@ -97,8 +99,9 @@ async def authorize(request: Request) -> Response:
             code_challenge=challenge,
             browser_binding=hashlib.sha256(flow.encode()).hexdigest(),
             expires_at=now + timedelta(seconds=rt.settings.authorization_request_lifetime_seconds),
-            now=now,
         )
+
+    consent_id = await rt.writer.run(create)
     response = RedirectResponse(f"/consent/{consent_id}", status_code=303)
     sessions.set_cookie(rt, response, sessions.FLOW_COOKIE, flow, FLOW_COOKIE_SECONDS)
     return response

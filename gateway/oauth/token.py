@@ -23,15 +23,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import dpop, replay
-from gateway.consents import ConsentState, details_to_json
+from gateway.consents import Consent, ConsentState, details_to_json
 from gateway.errors import OAuthError, Unauthenticated
 from gateway.jose import b64url_encode
 from gateway.policy.model import Client
 from gateway.runtime import Runtime
 from gateway.storage.models import authorization_codes, subjects
 from gateway.subjects import pairwise_subject
-from gateway.tokens import mint_consent_token, unverified_client_id, verify_client_assertion
+from gateway.tokens import (
+    AUDIT_SCOPE,
+    mint_audit_token,
+    mint_consent_token,
+    unverified_client_id,
+    verify_client_assertion,
+)
 from gateway.trail import EventType, TrailEvent
+from gateway.trail.writer import Tx
 
 log = structlog.get_logger(__name__)
 
@@ -128,11 +135,16 @@ async def token(request: Request) -> Response:
         ):
             raise OAuthError("invalid_dpop_proof", "DPoP proof jti already used")
         grant_type = _field(form, "grant_type")
+        if grant_type == "client_credentials":
+            return await _audit_grant(rt, client, form, proof.jkt)
         if grant_type != "authorization_code":
-            raise OAuthError("unsupported_grant_type", "only authorization_code is supported")
+            raise OAuthError(
+                "unsupported_grant_type",
+                "use authorization_code, or client_credentials for auditors",
+            )
         if client.role != "service_provider":
             raise OAuthError("unauthorized_client", "this client may not use authorization_code")
-        return await _code_grant(rt, client, form, proof.jkt, now)
+        return await _code_grant(rt, client, form, proof.jkt)
     except OAuthError as exc:
         await rt.record(
             TrailEvent(
@@ -144,6 +156,42 @@ async def token(request: Request) -> Response:
         return oauth_error(exc)
 
 
+async def _audit_grant(rt: Runtime, client: Client, form: FormData, jkt: str) -> Response:
+    """client_credentials with scope audit:read, for clients whose role is auditor."""
+    if client.role != "auditor":
+        raise OAuthError("unauthorized_client", "only auditors may use client_credentials")
+    scope = (_field(form, "scope") or "").split()
+    if scope != [AUDIT_SCOPE]:
+        raise OAuthError("invalid_scope", f"scope must be {AUDIT_SCOPE}")
+    lifetime = rt.settings.token_lifetime_seconds
+    access_token, minted = mint_audit_token(
+        rt.keys.active,
+        issuer=rt.settings.issuer,
+        audience=rt.audit_audience,
+        client_id=client.id,
+        jkt=jkt,
+        scope=scope,
+        lifetime=lifetime,
+        now=rt.now().timestamp(),
+    )
+    await rt.record(
+        TrailEvent(
+            EventType.TOKEN_ISSUED,
+            client_id=client.id,
+            details={"jti": minted.jti, "jkt": jkt, "expires_in": lifetime, "scope": AUDIT_SCOPE},
+        )
+    )
+    return JSONResponse(
+        {
+            "access_token": access_token,
+            "token_type": "DPoP",
+            "expires_in": lifetime,
+            "scope": AUDIT_SCOPE,
+        },
+        headers=NO_STORE,
+    )
+
+
 def _pkce_ok(verifier: str, challenge: str) -> bool:
     # RFC 7636 §4.1: 43..128 characters from the unreserved set.
     if not 43 <= len(verifier) <= 128:
@@ -152,24 +200,25 @@ def _pkce_ok(verifier: str, challenge: str) -> bool:
     return hmac.compare_digest(computed, challenge)
 
 
-async def _code_grant(
-    rt: Runtime, client: Client, form: FormData, jkt: str, now: datetime
-) -> Response:
+async def _code_grant(rt: Runtime, client: Client, form: FormData, jkt: str) -> Response:
     code = _field(form, "code")
     verifier = _field(form, "code_verifier")
     redirect_uri = _field(form, "redirect_uri")
     if code is None or verifier is None or redirect_uri is None:
         raise OAuthError("invalid_request", "code, code_verifier and redirect_uri are required")
     code_hash = hashlib.sha256(code.encode()).hexdigest()
-    refusal: OAuthError | None = None
-    async with rt.engine.begin() as conn:
+
+    async def redeem(tx: Tx) -> OAuthError | tuple[str, int, Consent]:
+        """Mark the code used and mint the token; a refusal is returned, not raised,
+        so that marking the code used (or revoking on replay) still commits."""
+        conn, now = tx.conn, tx.now
         row = (
             await conn.execute(
                 select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
             )
         ).first()
         if row is None:
-            raise OAuthError("invalid_grant", "unknown authorization code")
+            return OAuthError("invalid_grant", "unknown authorization code")
         used = await conn.execute(
             update(authorization_codes)
             .where(
@@ -184,59 +233,56 @@ async def _code_grant(
             # RFC 6749 §4.1.2: "If an authorization code is used more than once, the
             # authorization server ... SHOULD revoke (when possible) all tokens
             # previously issued based on that authorization code."
-            await rt.consents.end(
-                conn, consent, to=ConsentState.REVOKED, reason="code_replayed", now=now
-            )
-            refusal = OAuthError("invalid_grant", "authorization code already used")
-        elif row.expires_at <= now:
-            refusal = OAuthError("invalid_grant", "authorization code expired")
-        elif row.client_id != client.id:
-            refusal = OAuthError("invalid_grant", "authorization code issued to another client")
-        elif row.redirect_uri != redirect_uri:
-            refusal = OAuthError(
+            await rt.consents.end(tx, consent, to=ConsentState.REVOKED, reason="code_replayed")
+            return OAuthError("invalid_grant", "authorization code already used")
+        if row.expires_at <= now:
+            return OAuthError("invalid_grant", "authorization code expired")
+        if row.client_id != client.id:
+            return OAuthError("invalid_grant", "authorization code issued to another client")
+        if row.redirect_uri != redirect_uri:
+            return OAuthError(
                 "invalid_grant", "redirect_uri differs from the authorization request"
             )
-        elif not _pkce_ok(verifier, row.code_challenge):
-            refusal = OAuthError("invalid_grant", "PKCE code_verifier does not match")
-        elif consent.state != ConsentState.ACTIVE or consent.expires_at <= now:
-            refusal = OAuthError("invalid_grant", f"the consent is {consent.state}")
-        if refusal is None:
-            lookup = (
-                await conn.execute(
-                    select(subjects.c.lookup).where(subjects.c.id == consent.subject_id)
+        if not _pkce_ok(verifier, row.code_challenge):
+            return OAuthError("invalid_grant", "PKCE code_verifier does not match")
+        if consent.state != ConsentState.ACTIVE or consent.expires_at <= now:
+            return OAuthError("invalid_grant", f"the consent is {consent.state}")
+        lookup = (
+            await conn.execute(select(subjects.c.lookup).where(subjects.c.id == consent.subject_id))
+        ).scalar_one()
+        lifetime = min(
+            rt.settings.token_lifetime_seconds,
+            max(1, int((consent.expires_at - now).total_seconds())),
+        )
+        access_token, minted = mint_consent_token(
+            rt.keys.active,
+            issuer=rt.settings.issuer,
+            audience=rt.token_audience,
+            client_id=client.id,
+            sub=pairwise_subject(rt.keys.pseudonym_secret, "client", client.id, lookup),
+            consent_id=consent.id,
+            jkt=jkt,
+            authorization_details=details_to_json(consent.details),
+            acr=consent.acr,
+            lifetime=lifetime,
+            now=now.timestamp(),
+        )
+        await tx.record(
+            [
+                TrailEvent(
+                    EventType.TOKEN_ISSUED,
+                    client_id=client.id,
+                    consent_id=consent.id,
+                    details={"jti": minted.jti, "jkt": jkt, "expires_in": lifetime},
                 )
-            ).scalar_one()
-            lifetime = min(
-                rt.settings.token_lifetime_seconds,
-                max(1, int((consent.expires_at - now).total_seconds())),
-            )
-            access_token, minted = mint_consent_token(
-                rt.keys.active,
-                issuer=rt.settings.issuer,
-                audience=rt.token_audience,
-                client_id=client.id,
-                sub=pairwise_subject(rt.keys.pseudonym_secret, "client", client.id, lookup),
-                consent_id=consent.id,
-                jkt=jkt,
-                authorization_details=details_to_json(consent.details),
-                acr=consent.acr,
-                lifetime=lifetime,
-                now=now.timestamp(),
-            )
-            await rt.trail.append(
-                conn,
-                [
-                    TrailEvent(
-                        EventType.TOKEN_ISSUED,
-                        client_id=client.id,
-                        consent_id=consent.id,
-                        details={"jti": minted.jti, "jkt": jkt, "expires_in": lifetime},
-                    )
-                ],
-                now=now,
-            )
-    if refusal is not None:
-        raise refusal
+            ]
+        )
+        return access_token, lifetime, consent
+
+    outcome = await rt.writer.run(redeem)
+    if isinstance(outcome, OAuthError):
+        raise outcome
+    access_token, lifetime, consent = outcome
     log.info("token.issued", client_id=client.id)
     return JSONResponse(
         {

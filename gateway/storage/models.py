@@ -176,4 +176,25 @@ trail_entries = Table(
     Index("ix_trail_transfer", "transfer_id"),
 )
 
+
+# Interior and leaf hashes of the Merkle tree, one row per stored hash, at the
+# index Go's golang.org/x/mod/sumdb/tlog assigns (StoredHashIndex): any root
+# or proof costs O(log n) reads.
+trail_hashes = Table(
+    "trail_hashes",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+# Signed checkpoints (C2SP tlog-checkpoint as an Ed25519 signed note).
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

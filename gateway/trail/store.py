@@ -1,29 +1,23 @@
-"""Appending to and reading the trail table.
+"""Trail events and reading the trail table.
 
-Appends happen inside the caller's transaction, so an event and the state
-change it records commit together or not at all: no transfer is relayed
-without its ``transfer.authorized`` entry, no consent changes without its
-entry. The next index is read under a lock held for the transaction
-(PostgreSQL advisory lock; SQLite's ``BEGIN IMMEDIATE``), so indexes form one
-gap-free sequence even with several processes.
+Appending is the group-commit writer's job (:mod:`gateway.trail.writer`): an
+event and the state change it records commit in the same batch or not at all.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.storage.models import trail_entries
-from gateway.trail.entry import EventType, encode_entry, leaf_hash
-
-# Arbitrary constant naming the trail's advisory lock on PostgreSQL.
-_PG_TRAIL_LOCK = 0x7472_6169  # "trai"
+from gateway.trail.entry import EventType
 
 
 @dataclass(frozen=True)
@@ -41,7 +35,10 @@ class TrailEvent:
 
 
 def _rfc3339(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The "Z" is only true of UTC: convert, and refuse a time whose zone is unknown.
+    if t.tzinfo is None:
+        raise ValueError("naive datetime given as a trail time")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -72,36 +69,6 @@ class Trail:
             obj["details"] = dict(event.details)
         return obj
 
-    async def append(
-        self, conn: AsyncConnection, events: Sequence[TrailEvent], *, now: datetime
-    ) -> list[int]:
-        """Append events in the caller's transaction; returns their indexes."""
-        if not events:
-            return []
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_TRAIL_LOCK})
-        next_index = (
-            await conn.execute(select(func.coalesce(func.max(trail_entries.c.idx) + 1, 0)))
-        ).scalar_one()
-        rows = []
-        for offset, event in enumerate(events):
-            entry = encode_entry(self.event_object(event, now=now))
-            rows.append(
-                {
-                    "idx": next_index + offset,
-                    "entry": entry,
-                    "leaf_hash": leaf_hash(entry),
-                    "type": str(event.type),
-                    "time": now,
-                    "client_id": event.client_id,
-                    "consent_id": event.consent_id,
-                    "transfer_id": event.transfer_id,
-                    "provider": event.provider,
-                }
-            )
-        await conn.execute(insert(trail_entries), rows)
-        return [r["idx"] for r in rows]
-
     @staticmethod
     async def read(
         conn: AsyncConnection, start: int = 0, end: int | None = None
@@ -117,8 +84,6 @@ class Trail:
     @staticmethod
     async def latest_policy_digest(conn: AsyncConnection) -> str | None:
         """Digest recorded by the newest ``policy.loaded`` entry, if any."""
-        import json
-
         row = (
             await conn.execute(
                 select(trail_entries.c.entry)

@@ -26,8 +26,9 @@ from gateway.runtime import Runtime
 from gateway.storage.models import authorization_codes, transfers
 from gateway.subjects import subject_lookup
 from gateway.trail import EventType, TrailEvent
+from gateway.trail.writer import Tx
 from gateway.web import session as sessions
-from gateway.web.i18n import Lang, choose, legal_basis_label, translate
+from gateway.web.i18n import Lang, choose, error_text, legal_basis_label, translate
 from gateway.web.render import (
     render_consent,
     render_error,
@@ -70,8 +71,8 @@ def error_page(
 ) -> Response:
     """A readable error page; ``code`` selects the explanation shown to the person."""
     lang = page_lang(request)
-    title = translate(lang, f"person_error.{code}.title")
-    detail = translate(lang, f"person_error.{code}.detail")
+    # Codes without their own explanation (unknown_client, ...) get their status's.
+    title, detail = error_text(lang, code, status)
     view = ErrorPageView(status=status, title=title, detail=detail, code=code, back_url=back_url)
     return html(render_error(view, lang, page_url=request.url.path), status)
 
@@ -264,11 +265,14 @@ async def consent_decision(request: Request) -> Response:
         )
         return error_page(request, 403, "csrf")
     decision = form.get("decision")
-    now = rt.now()
-    assert session.subject_id is not None
+    subject_id = session.subject_id
+    assert subject_id is not None
     if decision == "deny":
-        async with rt.engine.begin() as conn:
-            await rt.consents.deny(conn, consent, subject_id=session.subject_id, now=now)
+
+        async def deny(tx: Tx) -> bool:
+            return await rt.consents.deny(tx, consent, subject_id=subject_id)
+
+        await rt.writer.run(deny)
         return _redirect_to_client(
             rt,
             consent,
@@ -280,18 +284,20 @@ async def consent_decision(request: Request) -> Response:
     needed = {c for d in consent.details for c in rt.policy.providers[d.provider].identity_claims}
     claims = {k: v for k, v in (session.claims or {}).items() if k in needed}
     code = secrets.token_urlsafe(32)
-    async with rt.engine.begin() as conn:
+    acr = session.acr
+
+    async def grant(tx: Tx) -> bool:
+        now = tx.now
         granted = await rt.consents.grant(
-            conn,
+            tx,
             consent,
-            subject_id=session.subject_id,
-            acr=session.acr,
+            subject_id=subject_id,
+            acr=acr,
             sealed_claims=rt.claims_box.seal(claims, consent.id),
             expires_at=now + timedelta(seconds=purpose.max_validity_seconds),
-            now=now,
         )
-        if granted:
-            await conn.execute(
+        if granted is not None:
+            await tx.conn.execute(
                 authorization_codes.insert().values(
                     code_hash=_code_hash(code),
                     consent_id=consent.id,
@@ -301,7 +307,9 @@ async def consent_decision(request: Request) -> Response:
                     expires_at=now + timedelta(seconds=rt.settings.code_lifetime_seconds),
                 )
             )
-    if not granted:
+        return granted is not None
+
+    if not await rt.writer.run(grant):
         return error_page(request, 409, "already_decided", back_url="/me")
     return _redirect_to_client(rt, consent, {"code": code})
 
@@ -395,17 +403,18 @@ async def me(request: Request) -> Response:
 
 async def _revoke(rt: Runtime, subject_id: str, consent_id: str) -> str:
     """Revoke one of the person's consents: "revoked", "already_ended" or "not_found"."""
-    async with rt.engine.begin() as conn:
-        consent = await rt.consents.get(conn, consent_id)
+
+    async def revoke(tx: Tx) -> str:
+        consent = await rt.consents.get(tx.conn, consent_id)
         # Another person's consent is indistinguishable from a missing one.
         if consent is None or consent.subject_id != subject_id:
             return "not_found"
         if consent.state != ConsentState.ACTIVE:
             return "already_ended"
-        done = await rt.consents.end(
-            conn, consent, to=ConsentState.REVOKED, reason="person_revoked", now=rt.now()
-        )
-    return "revoked" if done else "already_ended"
+        done = await rt.consents.end(tx, consent, to=ConsentState.REVOKED, reason="person_revoked")
+        return "revoked" if done else "already_ended"
+
+    return await rt.writer.run(revoke)
 
 
 async def revoke_form(request: Request) -> Response:

@@ -1,0 +1,123 @@
+"""The Merkle tree over stored trail entries: roots, proofs and checkpoints.
+
+Hashes come from the ``trail_hashes`` table (Go tlog layout), so a root or a
+proof costs O(log n) reads. A new checkpoint is signed only after checking that
+it is consistent with the newest stored one (a consistency proof recomputed
+from storage): the gateway refuses to sign a history that forks its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+import gateway.trail.merkle as merkle
+from gateway.storage.models import checkpoints
+from gateway.trail.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from gateway.trail.note import Signer, Verifier
+from gateway.trail.writer import read_hashes, tree_size
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Read = Callable[[Sequence[int]], Sequence[bytes]]
+
+
+class TreeError(Exception):
+    """Storage does not hold what the tree needs (a gap, or a fork)."""
+
+
+class _Need(Exception):
+    def __init__(self, indexes: list[int]) -> None:
+        super().__init__(len(indexes))
+        self.indexes = indexes
+
+
+async def with_hashes(conn: AsyncConnection, compute: Callable[[Read], T]) -> T:
+    """Run a pure tree computation, fetching the stored hashes it asks for."""
+    known: dict[int, bytes] = {}
+    for _ in range(64):
+
+        def read(indexes: Sequence[int]) -> list[bytes]:
+            missing = [i for i in indexes if i not in known]
+            if missing:
+                raise _Need(missing)
+            return [known[i] for i in indexes]
+
+        try:
+            return compute(read)
+        except _Need as need:
+            found = await read_hashes(conn, need.indexes)
+            if len(found) != len(set(need.indexes)):
+                raise TreeError("stored trail hashes are missing") from None
+            known.update(found)
+    raise TreeError("tree computation did not converge")
+
+
+async def root_at(conn: AsyncConnection, size: int) -> bytes:
+    return await with_hashes(conn, lambda read: merkle.tree_hash(size, read))
+
+
+async def inclusion(conn: AsyncConnection, index: int, size: int) -> list[bytes]:
+    return await with_hashes(conn, lambda read: merkle.inclusion_proof(index, size, read))
+
+
+async def consistency(conn: AsyncConnection, old: int, new: int) -> list[bytes]:
+    return await with_hashes(conn, lambda read: merkle.consistency_proof(old, new, read))
+
+
+async def latest_checkpoint(conn: AsyncConnection) -> tuple[int, bytes, str] | None:
+    row = (
+        await conn.execute(select(checkpoints).order_by(checkpoints.c.size.desc()).limit(1))
+    ).first()
+    return (int(row.size), bytes(row.root), str(row.note)) if row else None
+
+
+class Checkpointer:
+    """Signs a checkpoint for the current tree when it has grown."""
+
+    def __init__(self, engine: AsyncEngine, signer: Signer, origin: str) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.origin = origin
+
+    @property
+    def verifier(self) -> Verifier:
+        return Verifier.from_key(self.signer.verifier_key())
+
+    async def sign_if_grown(self, now: datetime) -> int | None:
+        """Sign and store a checkpoint at the current size; returns it, or None."""
+        async with self.engine.connect() as conn:
+            size = await tree_size(conn)
+            if size == 0:
+                return None  # never a checkpoint for an empty tree
+            latest = await latest_checkpoint(conn)
+            if latest is not None and latest[0] >= size:
+                return None
+            root = await root_at(conn, size)
+            if latest is not None:
+                old_size, old_root, _ = latest
+                proof = await consistency(conn, old_size, size)
+                try:
+                    merkle.verify_consistency(proof, old_size, old_root, size, root)
+                except merkle.ProofError as exc:
+                    log.error("trail.fork_detected", old_size=old_size, size=size)
+                    raise TreeError(f"tree at {size} is not consistent with {old_size}") from exc
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(checkpoints).values(size=size, root=root, note=note, created_at=now)
+                )
+        except IntegrityError:
+            return None  # another process signed this size first
+        return size
+
+    def open(self, note: str) -> Checkpoint:
+        return open_checkpoint(note, self.verifier, origin=self.origin)
