@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import audit, logs, replay
+from gateway import audit, logs, notices, replay
 from gateway.clients import ClientKeys
 from gateway.consents import ConsentStore
 from gateway.errors import GatewayError, LoginFailed
@@ -69,13 +69,14 @@ async def build_runtime(
     if not idp_secret and keys.demo is not None:
         idp_secret = keys.demo.idp_client_secret
     trail = Trail(policy.digest)
+    runtime_ref: list[Runtime] = []  # the outbox hook needs the runtime built below
     rt = Runtime(
         settings=settings,
         engine=engine,
         keys=keys,
         policy=policy,
         trail=trail,
-        consents=ConsentStore(),
+        consents=ConsentStore(on_end=notices.outbox_hook(runtime_ref)),
         relay=Relay(policy.providers, transport=transport),
         http=http,
         identity=OidcRelyingParty(
@@ -99,6 +100,7 @@ async def build_runtime(
         ),
         clock=clock,
     )
+    runtime_ref.append(rt)
     async with engine.connect() as conn:
         recorded = await Trail.latest_policy_digest(conn)
     if recorded != policy.digest:
@@ -132,6 +134,15 @@ async def _sweeper(rt: Runtime) -> None:
         except Exception:
             log.exception("sweep.failed")
         await asyncio.sleep(rt.settings.expiry_sweep_seconds)
+
+
+async def _notifier(rt: Runtime) -> None:
+    while True:
+        try:
+            await notices.deliver_due(rt)
+        except Exception:
+            log.exception("notices.failed")
+        await asyncio.sleep(rt.settings.notice_interval_seconds)
 
 
 async def _checkpointer(rt: Runtime) -> None:
@@ -279,7 +290,11 @@ def create_app(
             )
         rt.writer.start()
         tasks = (
-            [asyncio.create_task(_sweeper(rt)), asyncio.create_task(_checkpointer(rt))]
+            [
+                asyncio.create_task(_sweeper(rt)),
+                asyncio.create_task(_checkpointer(rt)),
+                asyncio.create_task(_notifier(rt)),
+            ]
             if background
             else []
         )
@@ -306,7 +321,9 @@ def create_app(
         Route("/logout", pages.logout, methods=["POST"]),
         Route("/me", pages.me),
         Route("/me/consents/{consent_id}/revoke", pages.revoke_form, methods=["POST"]),
+        Route("/me/consents/{consent_id}/receipt", pages.receipt_download),
         Route("/api/me/consents", pages.api_consents),
+        Route("/api/me/consents/{consent_id}/receipt", pages.api_receipt),
         Route("/api/me/transfers", pages.api_transfers),
         Route("/api/me/consents/{consent_id}/revoke", pages.api_revoke, methods=["POST"]),
         Route("/data/{provider}/{resource}", data, methods=["GET"]),

@@ -150,6 +150,51 @@ def cmd_trail_watch(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from gateway.jose import TOKEN_ALGS, public_keys_from_jwks
+    from gateway.receipts import ReceiptInvalid, verify_receipt
+    from gateway.trail.note import NoteError, Verifier
+
+    try:
+        if args.issuer:
+            base = args.issuer.rstrip("/")
+            jwks = httpx.get(f"{base}/.well-known/jwks.json", timeout=10).json()
+            vkey = args.verifier_key or httpx.get(f"{base}/trail/verifier-key", timeout=10).text
+        else:
+            if not args.jwks:
+                print("gateway: give --jwks FILE (or --issuer URL)", file=sys.stderr)
+                return 2
+            jwks = json.loads(Path(args.jwks).read_text("utf-8"))
+            vkey = args.verifier_key
+        if vkey and "+" not in vkey and Path(vkey).is_file():
+            vkey = Path(vkey).read_text("utf-8")
+        verifier = Verifier.from_key(vkey.strip()) if vkey else None
+        keys = public_keys_from_jwks(jwks, TOKEN_ALGS)
+        token = Path(args.file).read_text("utf-8").strip()
+        result = verify_receipt(token, keys, verifier=verifier)
+    except (ReceiptInvalid, NoteError, ValueError, OSError, httpx.HTTPError) as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    record = result.claims["receipt"]
+    print(
+        f"OK: receipt {result.claims['jti']} for consent {record['consent_id']} "
+        f"({record['state']}), signed by the gateway"
+    )
+    if result.proof_checked:
+        print(
+            "OK: its consent.granted entry is in the trail "
+            f"(checkpoint of {result.checkpoint_size} entries)"
+        )
+    else:
+        print("note: no trail verifier key given: the inclusion proof was not checked")
+        return 1
+    return 0
+
+
 def cmd_subject_erase(args: argparse.Namespace) -> int:
     from gateway.erasure import erase_subject
 
@@ -241,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=60.0, help="seconds between checks")
     watch.add_argument("--count", type=int, help="stop after this many checks (default: never)")
     watch.set_defaults(func=cmd_trail_watch)
+
+    receipt = sub.add_parser("receipt", help="consent receipts")
+    receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="ACTION", required=True)
+    rverify = receipt_sub.add_parser(
+        "verify", help="check a consent receipt offline against the gateway's published keys"
+    )
+    rverify.add_argument("file", metavar="FILE", help="the receipt (.jwt) downloaded from /me")
+    rverify.add_argument("--jwks", help="the gateway's /.well-known/jwks.json, saved to a file")
+    rverify.add_argument("--verifier-key", help="the trail verifier key (or a file holding it)")
+    rverify.add_argument("--issuer", help="fetch both from this gateway instead (online)")
+    rverify.set_defaults(func=cmd_receipt_verify)
 
     subject = sub.add_parser("subject", help="operator actions on a person's pseudonym")
     subject_sub = subject.add_subparsers(dest="subject_command", metavar="ACTION", required=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -71,6 +71,7 @@ class Consent:
     ended_at: datetime | None
     end_reason: str | None
     allowances: dict[str, Allowance]
+    granted_index: int | None = None
 
     def detail_for(self, provider: str) -> AuthorizationDetail | None:
         return next((d for d in self.details if d.provider == provider), None)
@@ -137,12 +138,20 @@ async def ensure_subject(conn: AsyncConnection, lookup: str, now: datetime) -> s
     return subject_id
 
 
+OnEnd = Callable[["Tx", "Consent", "ConsentState", str], Awaitable[None]]
+
+
 class ConsentStore:
     """Reads consents and changes their state, each change with its trail entry.
 
     Reads take a connection; changes take the :class:`Tx` of a unit of work, so
     the change and its entry commit in the same batch or not at all.
+    ``on_end`` runs in the same unit of work when an active consent ends
+    (the revocation notice outbox).
     """
+
+    def __init__(self, on_end: OnEnd | None = None) -> None:
+        self.on_end = on_end
 
     async def get(self, conn: AsyncConnection, consent_id: str) -> Consent | None:
         row = (await conn.execute(select(consents).where(consents.c.id == consent_id))).first()
@@ -172,6 +181,7 @@ class ConsentStore:
             allowances={
                 a.provider: Allowance(a.max_transfers, a.uses_left) for a in allowance_rows
             },
+            granted_index=row.granted_index,
         )
 
     async def for_subject(self, conn: AsyncConnection, subject_id: str) -> list[Consent]:
@@ -277,6 +287,9 @@ class ConsentStore:
                 )
             ]
         )
+        await conn.execute(
+            update(consents).where(consents.c.id == consent.id).values(granted_index=index)
+        )
         return index
 
     async def deny(self, tx: Tx, consent: Consent, *, subject_id: str) -> bool:
@@ -329,6 +342,8 @@ class ConsentStore:
         )
         if done.rowcount != 1:
             return False
+        if self.on_end is not None and consent.state == ConsentState.ACTIVE:
+            await self.on_end(tx, consent, to, reason)
         await tx.record(
             [
                 TrailEvent(

@@ -67,6 +67,8 @@ class Settings:
     trail_batch_linger_ms: float = 0.0
     # A new checkpoint is signed at most this often, when the tree has grown.
     checkpoint_interval_seconds: float = 1.0
+    # How often due revocation notices are (re)tried.
+    notice_interval_seconds: float = 1.0
 
     @property
     def https_only(self) -> bool:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import jinja2
+import jwt
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,7 +35,7 @@ from gateway.demo.spclient import (
     TokenError,
     TokenGrant,
 )
-from gateway.jose import SigningKey
+from gateway.jose import TOKEN_ALGS, SigningKey, public_keys_from_jwks
 
 logger = structlog.get_logger(__name__)
 
@@ -44,6 +45,15 @@ SESSION_COOKIE = "demo_sp_session"
 SESSION_LIFETIME_SECONDS = 1800
 # Bound the in-memory store so that a crawler hitting /start cannot grow it forever.
 MAX_SESSIONS = 10_000
+
+
+@dataclass(frozen=True)
+class _Notice:
+    received: str
+    consent_id: str
+    state: str
+    reason: str
+    jti: str
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,20 @@ again without you.</p>
 <form method="post" action="/start">
 <button type="submit">Vérifier mon éligibilité / Check my eligibility</button>
 </form>
+<h2>Avis reçus de la passerelle / Notices received from the gateway</h2>
+{% if notices %}
+<table>
+<tr><th>Reçu / Received</th><th>Consentement / Consent</th>
+<th>Événement / Event</th><th>Motif / Reason</th></tr>
+{% for n in notices %}<tr><td>{{ n.received }}</td><td>{{ n.consent_id }}</td>
+<td>{{ n.state }}</td><td>{{ n.reason }}</td></tr>
+{% endfor %}
+</table>
+{% else %}
+<p>Aucun avis pour l'instant : la passerelle en envoie un quand une personne retire son
+consentement ou qu'il expire. / None yet: the gateway sends one when a person revokes a
+consent or when it expires.</p>
+{% endif %}
 {% endblock %}
 """
 
@@ -274,6 +298,10 @@ class DemoServiceProvider:
         )
         self._secure_cookie = urlsplit(base).scheme == "https"
         self._sessions: dict[str, _Session] = {}
+        self._http = http
+        # Revocation notices received (RFC 8935), newest last; jtis seen, for deduplication.
+        self.notices: list[_Notice] = []
+        self._seen_notices: set[str] = set()
         gateway = urlsplit(gateway_issuer)
         # The /start form redirects to the gateway: browsers check form-action on that hop.
         self._csp = (
@@ -288,6 +316,7 @@ class DemoServiceProvider:
                 Route("/callback", self._callback, methods=["GET"]),
                 Route("/again", self._again, methods=["POST"]),
                 Route("/jwks.json", self._jwks, methods=["GET"]),
+                Route("/events", self._events, methods=["POST"]),
             ],
             exception_handlers={HTTPException: self._http_error, Exception: self._crash},
         )
@@ -300,7 +329,69 @@ class DemoServiceProvider:
     # ----------------------------------------------------------------- pages
 
     async def _home(self, request: Request) -> Response:
-        return self._page("home.html", asks=_ASKS)
+        return self._page("home.html", asks=_ASKS, notices=list(reversed(self.notices)))
+
+    async def _events(self, request: Request) -> Response:
+        """RFC 8935 push endpoint: verify the SET, keep it once (deduplicated on jti)."""
+        if (
+            request.headers.get("content-type", "").split(";")[0].strip()
+            != "application/secevent+jwt"
+        ):
+            return JSONResponse(
+                {"err": "invalid_request", "description": "expected application/secevent+jwt"},
+                status_code=400,
+            )
+        token = (await request.body()).decode("ascii", "replace")
+        try:
+            claims = await self._verify_set(token)
+        except ValueError as exc:
+            logger.info("sp.notice_refused", reason=str(exc))
+            return JSONResponse(
+                {"err": "authentication_failed", "description": str(exc)}, status_code=400
+            )
+        jti = str(claims["jti"])
+        if jti not in self._seen_notices:
+            self._seen_notices.add(jti)
+            for event in claims["events"].values():
+                self.notices.append(
+                    _Notice(
+                        received=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                        consent_id=str(event.get("consent_id", "")),
+                        state=str(event.get("state", "")),
+                        reason=str(event.get("reason", "")),
+                        jti=jti,
+                    )
+                )
+            logger.info("sp.notice_received")
+        return Response(status_code=202)
+
+    async def _verify_set(self, token: str) -> dict[str, Any]:
+        """A SET from the gateway: its key, typ secevent+jwt, iss, aud = this client."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise ValueError("not a JWT") from None
+        if header.get("typ") != "secevent+jwt":
+            raise ValueError("typ must be secevent+jwt")
+        response = await self._http.get(f"{self.gateway_issuer}/.well-known/jwks.json")
+        keys = {k.kid: k for k in public_keys_from_jwks(response.json(), TOKEN_ALGS)}
+        key = keys.get(header.get("kid"))
+        if key is None:
+            raise ValueError("unknown key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.alg],
+                issuer=self.gateway_issuer,
+                audience=self.client.client_id,
+                options={"require": ["iss", "aud", "iat", "jti", "events"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise ValueError(f"invalid SET: {exc}") from None
+        if not isinstance(claims.get("events"), dict):
+            raise ValueError("events must be an object")
+        return claims
 
     async def _start(self, request: Request) -> Response:
         """Start an authorization request: new session, state and PKCE; then to the gateway."""

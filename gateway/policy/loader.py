@@ -408,7 +408,7 @@ def _load_client(
         "",
         _read_toml(path),
         required={"name", "role"},
-        optional={"redirect_uris", "jwks", "jwks_uri", "grants"},
+        optional={"redirect_uris", "jwks", "jwks_uri", "grants", "notification_endpoint"},
     )
     role = t.string("role")
     if role not in ROLES:
@@ -429,6 +429,17 @@ def _load_client(
         )
     else:
         jwks = _load_jwks(t.sub("jwks", required={"keys"}))
+
+    notification_endpoint = None
+    if "notification_endpoint" in t.data:
+        # RFC 8935 push delivery of revocation notices (Security Event Tokens).
+        notification_endpoint = _check_url(
+            t,
+            "notification_endpoint",
+            t.string("notification_endpoint"),
+            allow_http=allow_http,
+            base=False,
+        )
 
     grants: list[Grant] = []
     raw_grants = t.data.get("grants", [])
@@ -457,6 +468,8 @@ def _load_client(
             t.fail("grants", "an auditor receives no personal data: remove its grants")
         if redirect_uris:
             t.fail("redirect_uris", "an auditor does not use the authorization endpoint")
+        if notification_endpoint:
+            t.fail("notification_endpoint", "an auditor holds no consents to be notified about")
     elif not redirect_uris:
         t.fail("redirect_uris", "a service provider needs at least one redirect URI")
 
@@ -468,6 +481,7 @@ def _load_client(
         jwks=jwks,
         jwks_uri=jwks_uri,
         grants=tuple(grants),
+        notification_endpoint=notification_endpoint,
     )
 
 

@@ -103,6 +103,8 @@ class Client:
     jwks: dict[str, Any] | None
     jwks_uri: str | None
     grants: tuple[Grant, ...]
+    # Where revocation notices (RFC 8417 SETs, RFC 8935 push) go; None: not notified.
+    notification_endpoint: str | None = None
 
 
 @dataclass(frozen=True)

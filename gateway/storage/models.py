@@ -99,6 +99,8 @@ consents = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("ended_at", UtcDateTime, nullable=True),
     Column("end_reason", String(32), nullable=True),
+    # Trail index of the consent.granted entry: what a receipt proves inclusion of.
+    Column("granted_index", BigInteger, nullable=True),
     Index("ix_consents_subject", "subject_id"),
     Index("ix_consents_state_expires", "state", "expires_at"),
 )
@@ -195,6 +197,26 @@ checkpoints = Table(
     Column("root", LargeBinary, nullable=False),
     Column("note", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Outbox of revocation notices (RFC 8417 SETs pushed per RFC 8935): written in
+# the same unit of work as the consent's end, delivered with retries that
+# survive a restart, each row at most once marked delivered.
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("consent_id", String(36), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("abandoned_at", UtcDateTime, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Index("ix_notices_due", "delivered_at", "next_attempt_at"),
 )
 
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

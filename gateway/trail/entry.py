@@ -32,6 +32,8 @@ class EventType(StrEnum):
     POLICY_LOADED = "policy.loaded"
     KEY_ROTATED = "key.rotated"
     AUDIT_ACCESSED = "audit.accessed"
+    NOTICE_DELIVERED = "notice.delivered"
+    NOTICE_FAILED = "notice.failed"
     # A refused request outside the transfer path (authorize, token, consent
     # decision, revoke): the auditor sees attacks on those endpoints too.
     REQUEST_REFUSED = "request.refused"

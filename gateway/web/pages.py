@@ -367,6 +367,9 @@ def _summary(
             f"/me/consents/{consent.id}/revoke" if consent.state == ConsentState.ACTIVE else None
         ),
         transfers=tuple(history),
+        receipt_url=(
+            f"/me/consents/{consent.id}/receipt" if consent.granted_index is not None else None
+        ),
     )
 
 
@@ -521,3 +524,54 @@ async def api_revoke(request: Request) -> Response:
         consent = await rt.consents.get(conn, consent_id)
     assert consent is not None
     return JSONResponse(_consent_json(rt, consent))
+
+
+# --------------------------------------------------------------------------- receipts
+
+
+async def _my_granted_consent(request: Request) -> tuple[Runtime, Consent | None, Response | None]:
+    rt = _rt(request)
+    session = await sessions.load(rt, request)
+    if session is None or not session.logged_in:
+        return rt, None, _problem(401, "login_required", "log in first")
+    async with rt.engine.connect() as conn:
+        consent = await rt.consents.get(conn, request.path_params["consent_id"])
+    if consent is None or consent.subject_id != session.subject_id:
+        return rt, None, _problem(404, "consent_not_found", "no such consent")
+    return rt, consent, None
+
+
+async def receipt_download(request: Request) -> Response:
+    """The signed receipt of one of the person's consents, as a file to keep."""
+    from gateway.receipts import ReceiptUnavailable, issue_receipt
+
+    rt, consent, problem = await _my_granted_consent(request)
+    if problem is not None:
+        return problem
+    assert consent is not None
+    try:
+        token = await issue_receipt(rt, consent)
+    except ReceiptUnavailable:
+        return _problem(409, "receipt_unavailable", "this consent was never granted")
+    return Response(
+        token + "\n",
+        media_type="application/jwt",
+        headers={
+            "Content-Disposition": f'attachment; filename="consent-receipt-{consent.id}.jwt"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def api_receipt(request: Request) -> Response:
+    from gateway.receipts import ReceiptUnavailable, issue_receipt
+
+    rt, consent, problem = await _my_granted_consent(request)
+    if problem is not None:
+        return problem
+    assert consent is not None
+    try:
+        token = await issue_receipt(rt, consent)
+    except ReceiptUnavailable:
+        return _problem(409, "receipt_unavailable", "this consent was never granted")
+    return JSONResponse({"receipt": token}, headers={"Cache-Control": "no-store"})
