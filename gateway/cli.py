@@ -23,8 +23,6 @@ def _settings(*, require_idp: bool = True, **overrides: object) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.storage.engine import create_engine
     from gateway.storage.migrate import SchemaBehind, check_schema
 
@@ -52,18 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "mounted at /demo-idp. Never use demo mode with real people.",
             file=sys.stderr,
         )
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,  # our middleware logs requests without query strings
-        proxy_headers=False,
-        server_header=False,
-        log_level="warning",
-    )
-    return 0
+    from gateway.server import serve
+
+    return serve(args.host, args.port, args.workers)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -76,7 +65,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from gateway.storage.engine import create_engine
     from gateway.storage.migrate import current_revision, upgrade
 
-    settings = _settings()
+    settings = _settings(require_idp=False)
 
     async def run() -> str | None:
         if settings.database_url.value.startswith("sqlite"):
@@ -95,7 +84,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     from gateway.keys import load_keys
 
-    settings = _settings()
+    settings = _settings(require_idp=False)
     ring = load_keys(settings.keys_dir, create=True, demo=settings.demo)
     _print_keys(settings, ring)
     return 0
