@@ -185,6 +185,22 @@ _FR: Final[dict[str, str]] = {
     ),
     "person_error.forbidden.title": "Accès refusé",
     "person_error.forbidden.detail": "Vous n’avez pas accès à cette page.",
+    "person_error.unknown_client.title": "Service inconnu",
+    "person_error.unknown_client.detail": (
+        "Le service qui vous a envoyé ici n’est pas enregistré auprès de la passerelle. "
+        "Aucune donnée n’a été transmise. Revenez sur le site du service et réessayez."
+    ),
+    "person_error.redirect_uri.title": "Adresse de retour non autorisée",
+    "person_error.redirect_uri.detail": (
+        "Le service a demandé à vous renvoyer vers une adresse qu’il n’a pas déclarée. "
+        "Par sécurité, la demande est arrêtée et aucune donnée n’a été transmise."
+    ),
+    "person_error.page_not_found.title": "Page introuvable",
+    "person_error.page_not_found.detail": "Cette page n’existe pas ou n’est plus disponible.",
+    "person_error.identity_provider_unavailable.title": "Connexion impossible pour le moment",
+    "person_error.identity_provider_unavailable.detail": (
+        "Le service d’identification ne répond pas. Réessayez dans quelques minutes."
+    ),
     "person_error.csrf.title": "Page expirée",
     "person_error.csrf.detail": (
         "Pour votre sécurité, ce formulaire n’est plus valable. "
@@ -333,6 +349,22 @@ _EN: Final[dict[str, str]] = {
     "person_error.login_required.detail": "Your session has ended. Sign in again to continue.",
     "person_error.forbidden.title": "Access refused",
     "person_error.forbidden.detail": "You do not have access to this page.",
+    "person_error.unknown_client.title": "Unknown service",
+    "person_error.unknown_client.detail": (
+        "The service that sent you here is not registered with the gateway. No data was "
+        "shared. Go back to the service's website and try again."
+    ),
+    "person_error.redirect_uri.title": "Return address not allowed",
+    "person_error.redirect_uri.detail": (
+        "The service asked to send you back to an address it has not declared. For your "
+        "safety the request was stopped and no data was shared."
+    ),
+    "person_error.page_not_found.title": "Page not found",
+    "person_error.page_not_found.detail": "This page does not exist or is no longer available.",
+    "person_error.identity_provider_unavailable.title": "Login is not possible right now",
+    "person_error.identity_provider_unavailable.detail": (
+        "The identity service is not answering. Please try again in a few minutes."
+    ),
     "person_error.csrf.title": "Page expired",
     "person_error.csrf.detail": (
         "For your security, this form is no longer valid. Go back, reload the page and try again."
