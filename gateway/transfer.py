@@ -291,10 +291,10 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
 
 
 def _check_consent(consent: Consent, provider: Provider, resource: Resource, now: datetime) -> None:
-    if consent.state == ConsentState.ACTIVE and consent.expires_at <= now:
-        raise _Denied(3, Forbidden("consent_expired", "the consent has expired"))
     if consent.state != ConsentState.ACTIVE:
         raise _Denied(3, _state_error(consent.state))
+    if consent.expires_at <= now:
+        raise _Denied(3, Forbidden("consent_expired", "the consent has expired"))
     detail = consent.detail_for(provider.id)
     if detail is None:
         raise _Denied(
@@ -351,6 +351,26 @@ def _check_query(resource: Resource, query: Sequence[tuple[str, str]]) -> dict[s
 
 
 async def _record_outcome(
+    rt: Runtime,
+    consent: Consent,
+    resource: Resource,
+    transfer_id: str,
+    subject: str | None,
+    **outcome: Any,
+) -> None:
+    """Record step (8); if that fails, fail closed: no data leaves without its entry."""
+    try:
+        await _write_outcome(rt, consent, resource, transfer_id, subject, **outcome)
+    except Exception:
+        log.exception("transfer.outcome_not_recorded", transfer_id=transfer_id)
+        raise ServiceUnavailable(
+            "trail_unavailable",
+            "the transfer's outcome could not be recorded; no data was delivered",
+            transfer_id=transfer_id,
+        ) from None
+
+
+async def _write_outcome(
     rt: Runtime,
     consent: Consent,
     resource: Resource,

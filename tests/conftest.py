@@ -258,3 +258,84 @@ async def stack(
         yield Stack(settings, app, transport, clock, http, sp, sp_app)
     await http.aclose()
     shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+
+class CountingApp:
+    """Wraps an ASGI app and records the path of every HTTP request that reaches it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.paths: list[str] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.paths)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.paths.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+def count_calls(stack: Stack, origin: str) -> CountingApp:
+    """Re-route ``origin`` through a :class:`CountingApp` around the app it serves now."""
+    counter = CountingApp(stack.transport.apps[origin].app)
+    stack.transport.route(origin, counter)
+    return counter
+
+
+# --------------------------------------------------------------------------- auditors
+
+
+def write_auditor_policy(directory: Path, key: Any, client_id: str = "auditeur-test") -> None:
+    """Add an auditor client whose private key the test holds (``key``: a SigningKey)."""
+    import json
+
+    jwk = key.public_jwk()
+    members = ", ".join(f"{name} = {json.dumps(value)}" for name, value in sorted(jwk.items()))
+    (directory / "clients" / f"{client_id}.toml").write_text(
+        f'name = "Auditeur de test"\nrole = "auditor"\njwks = {{ keys = [ {{ {members} }} ] }}\n',
+        "utf-8",
+    )
+
+
+@pytest.fixture
+async def audit_stack(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[tuple[Stack, Any]]:
+    """As ``stack``, with an extra auditor ``auditeur-test``; yields (stack, its SigningKey)."""
+    from gateway.jose import SigningKey
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    key = SigningKey.generate_es256()
+    write_auditor_policy(policies, key)
+    settings = make_settings(GATEWAY_POLICIES=str(policies))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if PG_URL:
+        await empty_tables(PG_URL)
+    else:
+        await reset_database(settings.database_url.value)
+    transport = RoutingTransport()
+    clock = Clock()
+    app = create_app(settings, transport=transport, clock=clock, background=False)
+    http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+    sp_key = demo_client_key(settings.data_dir)
+    sp_app = DemoServiceProvider(
+        gateway_issuer=ISSUER, base_url=SP_BASE, signing_key=sp_key, http=http
+    )
+    transport.route(ISSUER, app)
+    transport.route(SP_BASE, sp_app.app)
+    transport.route(DGFIP, dgfip_app(gateway_issuer=ISSUER, http=http))
+    transport.route(CNAF, cnaf_app(gateway_issuer=ISSUER, http=http))
+    sp = ServiceProviderClient(
+        client_id="mairie-demoville",
+        signing_key=sp_key,
+        gateway_issuer=ISSUER,
+        redirect_uri=f"{SP_BASE}/callback",
+        http=http,
+    )
+    async with app.router.lifespan_context(app):
+        yield Stack(settings, app, transport, clock, http, sp, sp_app), key
+    await http.aclose()
+    shutil.rmtree(settings.data_dir, ignore_errors=True)

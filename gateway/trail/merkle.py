@@ -144,7 +144,7 @@ def stored_hashes_for_record(n: int, leaf: bytes, read: ReadHashes) -> list[byte
 
 
 def hashes_to_store_indexes(start_n: int, count: int) -> list[int]:
-    """Stored hashes that :func:`hashes_to_store` reads to append ``count`` records at ``start_n``."""
+    """Stored hashes that :func:`hashes_to_store` reads to append ``count`` records."""
     if start_n < 0 or count < 0:
         raise ValueError("negative record number or count")
     needed: set[SubtreeId] = set()

@@ -201,6 +201,12 @@ _FR: Final[dict[str, str]] = {
     "person_error.identity_provider_unavailable.detail": (
         "Le service d’identification ne répond pas. Réessayez dans quelques minutes."
     ),
+    "person_error.acr_insufficient.title": "Niveau de connexion insuffisant",
+    "person_error.acr_insufficient.detail": (
+        "Un des organismes concernés exige un moyen d’identification plus sûr que celui que "
+        "vous avez utilisé. Reconnectez-vous avec un moyen de niveau « substantiel » ou "
+        "« élevé ». Aucune donnée n’a été transmise."
+    ),
     "person_error.csrf.title": "Page expirée",
     "person_error.csrf.detail": (
         "Pour votre sécurité, ce formulaire n’est plus valable. "
@@ -364,6 +370,12 @@ _EN: Final[dict[str, str]] = {
     "person_error.identity_provider_unavailable.title": "Login is not possible right now",
     "person_error.identity_provider_unavailable.detail": (
         "The identity service is not answering. Please try again in a few minutes."
+    ),
+    "person_error.acr_insufficient.title": "Login level too low",
+    "person_error.acr_insufficient.detail": (
+        "One of the organisations involved requires a stronger means of identification than "
+        "the one you used. Log in again with a 'substantial' or 'high' level means. No data "
+        "was shared."
     ),
     "person_error.csrf.title": "Page expired",
     "person_error.csrf.detail": (

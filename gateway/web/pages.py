@@ -22,6 +22,7 @@ from gateway import consents as consent_ops
 from gateway.consents import Consent, ConsentState
 from gateway.errors import LoginFailed
 from gateway.policy.decision import AuthorizationDetail
+from gateway.policy.model import acr_rank
 from gateway.runtime import Runtime
 from gateway.storage.models import authorization_codes, transfers
 from gateway.subjects import subject_lookup
@@ -218,6 +219,8 @@ async def consent_page(request: Request) -> Response:
     session = await sessions.load(rt, request)
     if session is None or not session.logged_in:
         return await start_login(rt, request.url.path)
+    if _acr_too_low(rt, consent, session.acr):
+        return error_page(request, 403, "acr_insufficient")
     lang = page_lang(request)
     client = rt.policy.clients[consent.client_id]
     purpose = rt.policy.purposes[consent.purpose]
@@ -238,6 +241,18 @@ async def consent_page(request: Request) -> Response:
     return html(
         render_consent(view, lang, page_url=request.url.path),
         form_action=[consent.redirect_uri],
+    )
+
+
+def _acr_too_low(rt: Runtime, consent: Consent, acr: str | None) -> bool:
+    """A provider of the request needs a higher level of assurance than this login's.
+
+    Said before the grant, so nobody consents to transfers that would all be refused.
+    """
+    return any(
+        acr_rank(acr) < acr_rank(rt.policy.providers[d.provider].min_acr)
+        for d in consent.details
+        if d.provider in rt.policy.providers
     )
 
 
@@ -280,6 +295,8 @@ async def consent_decision(request: Request) -> Response:
         )
     if decision != "grant":
         return error_page(request, 400, "bad_decision")
+    if _acr_too_low(rt, consent, session.acr):
+        return error_page(request, 403, "acr_insufficient")
     purpose = rt.policy.purposes[consent.purpose]
     needed = {c for d in consent.details for c in rt.policy.providers[d.provider].identity_claims}
     claims = {k: v for k, v in (session.claims or {}).items() if k in needed}
