@@ -242,6 +242,23 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return pages.error_page(request, 500, "internal")
 
 
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith(
+        ("/data/", "/api/", "/oauth/", "/.well-known/", "/audit/", "/trail/")
+    ):
+        return JSONResponse(
+            {
+                "type": "urn:gateway:error:method_not_allowed",
+                "title": "Method not allowed",
+                "status": 405,
+                "detail": f"{request.method} is not allowed here",
+            },
+            status_code=405,
+            media_type="application/problem+json",
+        )
+    return pages.error_page(request, 405, "method_not_allowed", back_url="/me")
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith(
         ("/data/", "/api/", "/oauth/", "/.well-known/", "/audit/", "/trail/")
@@ -344,6 +361,7 @@ def create_app(
         exception_handlers={
             LoginFailed: _login_failed,
             404: _not_found,
+            405: _method_not_allowed,
             Exception: _server_error,
         },
         lifespan=lifespan,

@@ -201,6 +201,7 @@ def _entry_json(row: Any, decoded: bool = False) -> dict[str, Any]:
 async def entry(request: Request) -> Response:
     """One entry: for auditors, or for the person the entry is about."""
     from gateway.consents import pseudonym_of
+    from gateway.subjects import trail_pseudonym
     from gateway.web import session as sessions
 
     rt: Runtime = request.app.state.runtime
@@ -230,8 +231,10 @@ async def entry(request: Request) -> Response:
     async with rt.engine.connect() as conn:
         mine = await pseudonym_of(conn, session.subject_id)
     event = json.loads(bytes(row.entry).split(b"\n", 1)[1]) if row is not None else None
-    # Someone else's entry is indistinguishable from a missing one.
-    if event is None or event.get("subject") != mine:
+    # Someone else's entry is indistinguishable from a missing one. An erased
+    # person has no pseudonym of their own any more: "erased" is shared by
+    # everyone erased, so it shows nobody's entries.
+    if event is None or mine in (None, trail_pseudonym(None)) or event.get("subject") != mine:
         return _problem(NotFound("entry_not_found", "no such entry"))
     return JSONResponse(_entry_json(row, decoded=True))
 

@@ -19,7 +19,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -429,4 +429,6 @@ class ConsentStore:
 
 
 def _rfc3339(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if t.tzinfo is None:
+        raise ValueError("naive datetime")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

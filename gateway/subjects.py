@@ -22,14 +22,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.jose import b64url_encode
 
 
+def _framed(*parts: str) -> bytes:
+    """Length-prefixed parts: no two different tuples give the same bytes."""
+    out = bytearray()
+    for part in parts:
+        raw = part.encode()
+        out += len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
+
+
 def subject_lookup(secret: bytes, issuer: str, sub: str) -> str:
-    msg = b"lookup\x00" + issuer.encode() + b"\x00" + sub.encode()
-    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+    return hmac.new(secret, _framed("lookup", issuer, sub), hashlib.sha256).hexdigest()
 
 
 def pairwise_subject(secret: bytes, kind: str, audience: str, lookup: str) -> str:
     """Stable per (person, audience) identifier; ``kind`` is "client" or "provider"."""
-    msg = f"pairwise\x00{kind}\x00{audience}\x00{lookup}".encode()
+    msg = _framed("pairwise", kind, audience, lookup)
     return b64url_encode(hmac.new(secret, msg, hashlib.sha256).digest())
 
 

@@ -405,7 +405,8 @@ async def _write_outcome(
         else:
             digest = hashlib.sha256(delivered).hexdigest()
             values = {
-                "state": "completed",
+                # A provider's 404 is an answer ("no record for this person"), not a failure.
+                "state": "no_record" if provider_status == 404 else "completed",
                 "http_status": provider_status,
                 "size": len(delivered),
                 "sha256": digest,

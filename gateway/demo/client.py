@@ -90,15 +90,21 @@ _ASKS = (
 )
 
 
-def authorization_details() -> list[dict[str, Any]]:
-    """The RAR request (RFC 9396): one item per provider, one transfer each."""
+# Two transfers per provider: one when the person comes back, one more if they
+# press "fetch again" — so the demo can show a consent still active, its
+# revocation on "my data", and the refusal that follows.
+DEMO_MAX_TRANSFERS = 2
+
+
+def authorization_details(max_transfers: int = DEMO_MAX_TRANSFERS) -> list[dict[str, Any]]:
+    """The RAR request (RFC 9396): one item per provider."""
     return [
         {
             "type": "personal_data",
             "provider": ask.provider,
             "resources": [ask.resource],
             "purpose": PURPOSE,
-            "max_transfers": 1,
+            "max_transfers": max_transfers,
         }
         for ask in _ASKS
     ]
@@ -165,9 +171,10 @@ a besoin, avec votre accord, de deux informations :</p>
 {% for ask in asks %}<li><strong>{{ ask.label_fr }}</strong>, auprès de {{ ask.provider_name }}</li>
 {% endfor %}
 </ul>
-<p>Vous vous identifierez, puis la passerelle de consentement vous demandera votre accord,
-fournisseur par fournisseur. Chaque accord vaut pour <strong>un seul transfert</strong> :
-la mairie ne pourra pas redemander ces données sans vous.</p>
+<p>Vous vous identifierez, puis la passerelle de consentement vous montrera, sur une seule
+page, ce que chaque organisme transmettrait. Votre accord vaut pour <strong>deux transmissions
+au plus</strong> par organisme : au-delà, la mairie ne pourra pas redemander ces données sans
+vous, et vous pourrez retirer votre accord à tout moment sur « Mes données ».</p>
 <div class="en">
 <h2>Family support: check your eligibility</h2>
 <p>To know whether your household can receive the town's family support, the town hall
@@ -176,9 +183,10 @@ needs, with your consent, two pieces of information:</p>
 {% for ask in asks %}<li><strong>{{ ask.label_en }}</strong>, from {{ ask.provider_name }}</li>
 {% endfor %}
 </ul>
-<p>You will log in, then the consent gateway will ask for your consent, provider by provider.
-Each consent covers <strong>one transfer only</strong>: the town hall cannot ask for this data
-again without you.</p>
+<p>You will log in, then the consent gateway will show you, on one page, what each
+organisation would send. Your consent covers <strong>at most two transfers</strong> per
+organisation: beyond that the town hall cannot ask for this data again without you, and you
+can revoke your consent at any time on "My data".</p>
 </div>
 <form method="post" action="/start">
 <button type="submit">Vérifier mon éligibilité / Check my eligibility</button>

@@ -208,7 +208,8 @@ async def play_story(issuer: str, client_key: SigningKey, say: Callable[[str], A
             return await sp.fetch(provider, resource, token, params=params)
 
         # 1. consent asked → login → grant → token
-        got = await consent(authorization_details(), "consent 1")
+        # Per-transfer consent, the gateway's default: one transfer per provider.
+        got = await consent(authorization_details(max_transfers=1), "consent 1")
         if got is None:
             return False
         grant = await sp.exchange_code(*got)
@@ -245,7 +246,7 @@ async def play_story(issuer: str, client_key: SigningKey, say: Callable[[str], A
         )
 
         # 4. a new consent, revoked by the person on their page
-        got = await consent([authorization_details()[0]], "consent 2")
+        got = await consent([authorization_details(max_transfers=1)[0]], "consent 2")
         if got is None:
             return False
         grant2 = await sp.exchange_code(*got)

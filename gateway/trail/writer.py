@@ -199,13 +199,21 @@ class TrailWriter:
 
     async def _loop(self) -> None:
         while True:
-            first = await self._queue.get()
-            if self.linger_seconds > 0 and self._queue.qsize() < self.max_batch - 1:
-                await asyncio.sleep(self.linger_seconds)
-            items = [first]
-            while len(items) < self.max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            await self._write(items)
+            items: list[_Item] = []
+            try:
+                items.append(await self._queue.get())
+                if self.linger_seconds > 0 and self._queue.qsize() < self.max_batch - 1:
+                    await asyncio.sleep(self.linger_seconds)
+                while len(items) < self.max_batch and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                await self._write(items)
+            except asyncio.CancelledError:
+                # Stopped while holding units (lingering, or mid-batch: the
+                # transaction is rolled back): their callers must not wait forever.
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("trail writer stopped"))
+                raise
 
     async def _write(self, items: list[_Item]) -> None:
         results: list[tuple[_Item, bool, Any]] = []

@@ -28,7 +28,13 @@ CONSENT_STATES: Final[tuple[str, ...]] = (
     "exhausted",
     "denied",
 )
-TRANSFER_OUTCOMES: Final[tuple[str, ...]] = ("authorized", "completed", "failed", "denied")
+TRANSFER_OUTCOMES: Final[tuple[str, ...]] = (
+    "authorized",
+    "completed",
+    "no_record",
+    "failed",
+    "denied",
+)
 ACR_VALUES: Final[tuple[str, ...]] = ("eidas1", "eidas2", "eidas3")
 # DPV legal bases and their GDPR art. 6(1) points, by the last segment of the
 # IRI (dpv#LegalObligation, eu/gdpr#A6-1-c); the narrower DPV terms contain
@@ -152,6 +158,31 @@ _FR: Final[dict[str, str]] = {
     "transfer.completed": "transmise",
     "transfer.failed": "échec de la transmission",
     "transfer.denied": "refusée par la passerelle",
+    "transfer.no_record": "l’organisme n’a aucune donnée vous concernant",
+    "me.transfer_reason": f"motif{_NBSP}: {{reason}}",
+    "transfer_reason.consent_revoked": "vous aviez retiré votre consentement",
+    "transfer_reason.consent_exhausted": "toutes les transmissions autorisées avaient déjà eu lieu",
+    "transfer_reason.consent_expired": "votre consentement avait expiré",
+    "transfer_reason.resource_not_consented": "ces données ne faisaient pas partie de votre accord",
+    "transfer_reason.provider_not_consented": "cet organisme ne faisait pas partie de votre accord",
+    "transfer_reason.purpose_not_granted": (
+        "cet organisme n’est plus autorisé à demander ces données"
+    ),
+    "transfer_reason.acr_insufficient": (
+        "votre moyen de connexion n’était pas assez sûr pour ces données"
+    ),
+    "transfer_reason.query_not_allowed": "la demande contenait un paramètre non autorisé",
+    "transfer_reason.provider_unavailable": "l’organisme détenteur ne répondait pas",
+    "transfer_reason.provider_timeout": "l’organisme détenteur a mis trop de temps à répondre",
+    "transfer_reason.provider_error": "l’organisme détenteur a rencontré une erreur",
+    "transfer_reason.provider_response_not_json": (
+        "l’organisme détenteur a envoyé une réponse illisible"
+    ),
+    "transfer_reason.provider_response_too_large": (
+        "l’organisme détenteur a envoyé une réponse trop volumineuse"
+    ),
+    "transfer_reason.trail_unavailable": "le journal de la passerelle était indisponible",
+    "transfer_reason.other": "une vérification de sécurité a échoué",
     # Error page: person_error.<code> for each code a route may show
     "error.status": "Erreur {status}",
     "error.code": f"Code à communiquer à l’assistance{_NBSP}: {{code}}",
@@ -204,8 +235,8 @@ _FR: Final[dict[str, str]] = {
     "person_error.acr_insufficient.title": "Niveau de connexion insuffisant",
     "person_error.acr_insufficient.detail": (
         "Un des organismes concernés exige un moyen d’identification plus sûr que celui que "
-        "vous avez utilisé. Reconnectez-vous avec un moyen de niveau « substantiel » ou "
-        "« élevé ». Aucune donnée n’a été transmise."
+        "vous avez utilisé. Reconnectez-vous avec un moyen de niveau "
+        f"«{_NBSP}substantiel{_NBSP}» ou «{_NBSP}élevé{_NBSP}». Aucune donnée n’a été transmise."
     ),
     "person_error.csrf.title": "Page expirée",
     "person_error.csrf.detail": (
@@ -332,6 +363,27 @@ _EN: Final[dict[str, str]] = {
     "transfer.completed": "sent",
     "transfer.failed": "failed",
     "transfer.denied": "refused by the gateway",
+    "transfer.no_record": "the organisation has no record about you",
+    "me.transfer_reason": "reason: {reason}",
+    "transfer_reason.consent_revoked": "you had revoked your consent",
+    "transfer_reason.consent_exhausted": "every transfer you allowed had already taken place",
+    "transfer_reason.consent_expired": "your consent had expired",
+    "transfer_reason.resource_not_consented": "this data was not part of your consent",
+    "transfer_reason.provider_not_consented": "this organisation was not part of your consent",
+    "transfer_reason.purpose_not_granted": "this organisation may no longer ask for this data",
+    "transfer_reason.acr_insufficient": "your means of login was not strong enough for this data",
+    "transfer_reason.query_not_allowed": "the request carried a parameter that is not allowed",
+    "transfer_reason.provider_unavailable": "the organisation holding the data did not answer",
+    "transfer_reason.provider_timeout": "the organisation holding the data took too long to answer",
+    "transfer_reason.provider_error": "the organisation holding the data had an error",
+    "transfer_reason.provider_response_not_json": (
+        "the organisation holding the data sent an unreadable answer"
+    ),
+    "transfer_reason.provider_response_too_large": (
+        "the organisation holding the data sent an answer that was too large"
+    ),
+    "transfer_reason.trail_unavailable": "the gateway's log was unavailable",
+    "transfer_reason.other": "a security check failed",
     "error.status": "Error {status}",
     "error.code": "Code to give to support: {code}",
     "error.back": "Go back",
@@ -543,6 +595,31 @@ def outcome_label(lang: Lang, outcome: str) -> str:
     if outcome not in TRANSFER_OUTCOMES:
         raise KeyError(outcome)
     return translate(lang, f"transfer.{outcome}")
+
+
+TRANSFER_REASONS: Final[frozenset[str]] = frozenset(
+    {
+        "consent_revoked",
+        "consent_exhausted",
+        "consent_expired",
+        "resource_not_consented",
+        "provider_not_consented",
+        "purpose_not_granted",
+        "acr_insufficient",
+        "query_not_allowed",
+        "provider_unavailable",
+        "provider_timeout",
+        "provider_error",
+        "provider_response_not_json",
+        "provider_response_too_large",
+        "trail_unavailable",
+    }
+)
+
+
+def reason_label(lang: Lang, code: str) -> str:
+    """Why a transfer was refused or failed, in plain words (technical codes grouped)."""
+    return translate(lang, f"transfer_reason.{code if code in TRANSFER_REASONS else 'other'}")
 
 
 def acr_label(lang: Lang, acr: str | None) -> str:

@@ -220,7 +220,7 @@ async def consent_page(request: Request) -> Response:
     if session is None or not session.logged_in:
         return await start_login(rt, request.url.path)
     if _acr_too_low(rt, consent, session.acr):
-        return error_page(request, 403, "acr_insufficient")
+        return await _refuse_low_assurance(request, rt, consent, session)
     lang = page_lang(request)
     client = rt.policy.clients[consent.client_id]
     purpose = rt.policy.purposes[consent.purpose]
@@ -256,12 +256,35 @@ def _acr_too_low(rt: Runtime, consent: Consent, acr: str | None) -> bool:
     )
 
 
-def _redirect_to_client(rt: Runtime, consent: Consent, params: dict[str, str]) -> Response:
+def _client_url(rt: Runtime, consent: Consent, params: dict[str, str]) -> str:
     if consent.client_state is not None:
         params["state"] = consent.client_state
     # RFC 9207: the authorization response names its issuer.
     params["iss"] = rt.settings.issuer
-    return RedirectResponse(f"{consent.redirect_uri}?{urlencode(params)}", status_code=303)
+    return f"{consent.redirect_uri}?{urlencode(params)}"
+
+
+def _redirect_to_client(rt: Runtime, consent: Consent, params: dict[str, str]) -> Response:
+    return RedirectResponse(_client_url(rt, consent, params), status_code=303)
+
+
+async def _refuse_low_assurance(
+    request: Request, rt: Runtime, consent: Consent, session: sessions.PersonSession
+) -> Response:
+    """End the request (the service learns it was refused) and tell the person why."""
+    subject_id = session.subject_id
+    assert subject_id is not None
+
+    async def deny(tx: Tx) -> bool:
+        return await rt.consents.deny(tx, consent, subject_id=subject_id)
+
+    await rt.writer.run(deny)
+    back = _client_url(
+        rt,
+        consent,
+        {"error": "access_denied", "error_description": "level of assurance too low"},
+    )
+    return error_page(request, 403, "acr_insufficient", back_url=back)
 
 
 async def consent_decision(request: Request) -> Response:
@@ -296,7 +319,7 @@ async def consent_decision(request: Request) -> Response:
     if decision != "grant":
         return error_page(request, 400, "bad_decision")
     if _acr_too_low(rt, consent, session.acr):
-        return error_page(request, 403, "acr_insufficient")
+        return await _refuse_low_assurance(request, rt, consent, session)
     purpose = rt.policy.purposes[consent.purpose]
     needed = {c for d in consent.details for c in rt.policy.providers[d.provider].identity_claims}
     claims = {k: v for k, v in (session.claims or {}).items() if k in needed}
@@ -359,6 +382,7 @@ async def _transfers_by_consent(
                     provider_name=provider.name if provider else row.provider,
                     resource_label=resource.label.in_(lang) if resource else row.resource,
                     outcome=row.state,
+                    reason=row.error_code if row.state in ("denied", "failed") else None,
                 )
             )
     return result

@@ -98,6 +98,11 @@ def _outcome_label(context: Context, outcome: str) -> str:
 
 
 @pass_context
+def _reason_label(context: Context, code: str) -> str:
+    return i18n.reason_label(context["lang"], code)
+
+
+@pass_context
 def _acr_label(context: Context, acr: str | None) -> str:
     return i18n.acr_label(context["lang"], acr)
 
@@ -112,7 +117,11 @@ def _build_environment() -> Environment:
         auto_reload=False,  # templates ship with the package and never change at run time
     )
     env.globals.update(
-        t=_t, state_label=_state_label, outcome_label=_outcome_label, acr_label=_acr_label
+        t=_t,
+        state_label=_state_label,
+        outcome_label=_outcome_label,
+        reason_label=_reason_label,
+        acr_label=_acr_label,
     )
     env.filters["dt"] = _dt
     return env

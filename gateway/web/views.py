@@ -53,6 +53,7 @@ class TransferView:
     provider_name: str
     resource_label: str
     outcome: str  # raw code: "completed", "failed" or "denied"
+    reason: str | None = None  # error code of a refusal or failure
 
 
 @dataclass(frozen=True, slots=True)

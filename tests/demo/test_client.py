@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from gateway.demo.client import SESSION_COOKIE, DemoServiceProvider
+from gateway.demo.client import DEMO_MAX_TRANSFERS, SESSION_COOKIE, DemoServiceProvider
 from gateway.dpop import verify_proof
 from gateway.jose import SigningKey
 from gateway.tokens import verify_client_assertion
@@ -163,7 +163,7 @@ async def test_start_redirects_to_the_gateway(browser: httpx.AsyncClient) -> Non
         ("cnaf", ("quotient_familial",)),
         ("dgfip", ("revenu_fiscal",)),
     }
-    assert all(d["max_transfers"] == 1 for d in details)
+    assert all(d["max_transfers"] == DEMO_MAX_TRANSFERS for d in details)
     assert all(d["purpose"] == "family-benefit-eligibility" for d in details)
     assert all(d["type"] == "personal_data" for d in details)
     assert browser.cookies.get(SESSION_COOKIE)

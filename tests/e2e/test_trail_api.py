@@ -161,7 +161,7 @@ async def test_auditor_token_by_client_credentials(audit_stack: tuple[Stack, Sig
     assert token.count(".") == 2
     issued = [e for e in await stack.trail() if e["type"] == "token.issued"]
     assert issued[-1]["client_id"] == "auditeur-test"
-    assert issued[-1]["details"]["scope"] == "audit:read"  # type: ignore[index]
+    assert issued[-1]["details"]["scope"] == "audit:read"
     response = await audit_get(stack, auditor, token, "/audit/events")
     assert response.status_code == 200, response.text
     assert response.headers["cache-control"] == "no-store"

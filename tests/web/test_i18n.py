@@ -20,6 +20,7 @@ from gateway.web.i18n import (
     legal_basis_label,
     negotiate,
     outcome_label,
+    reason_label,
     state_label,
     translate,
 )
@@ -194,9 +195,15 @@ def test_outcome_labels() -> None:
     assert [outcome_label("en", o) for o in TRANSFER_OUTCOMES] == [
         "in progress",
         "sent",
+        "the organisation has no record about you",
         "failed",
         "refused by the gateway",
     ]
+
+
+def test_reason_labels_group_technical_codes() -> None:
+    assert reason_label("en", "consent_revoked") == "you had revoked your consent"
+    assert reason_label("fr", "dpop_proof_replayed") == reason_label("fr", "token_invalid")
     with pytest.raises(KeyError):
         outcome_label("fr", "lost")
 

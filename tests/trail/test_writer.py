@@ -1,0 +1,331 @@
+"""The group-commit writer on a real database (SQLite, or PostgreSQL when configured).
+
+Each test checks the log through storage: entries 0..n-1 without a gap, the
+``trail_hashes`` table holding exactly the stored hashes (Go tlog layout) of
+those n leaves, and the tree's root from storage equal to one recomputed from
+the leaves. ``reference_stored_hashes`` is written out here independently of
+``gateway.trail.merkle``; the crash and PostgreSQL tests reuse these helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+import gateway.trail.writer as writer_module
+from gateway.settings import Settings
+from gateway.storage.engine import create_engine
+from gateway.storage.models import trail_hashes, used_jtis
+from gateway.trail import EventType, Trail, TrailEvent
+from gateway.trail.store import StoredEntry
+from gateway.trail.tree import root_at
+from gateway.trail.verify import RootBuilder
+from gateway.trail.writer import TrailWriter, Tx
+from tests.conftest import PG_URL, empty_tables, reset_database
+
+DIGEST = "sha256:" + "cd" * 32
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def reference_stored_hashes(leaves: Sequence[bytes]) -> list[bytes]:
+    """Go tlog's stored hashes for these leaves, position = stored-hash index.
+
+    Record n stores its leaf hash, then the hash of every complete subtree it
+    completes (one per trailing 1-bit of n), in that order.
+    """
+    out: list[bytes] = []
+    subtree: dict[tuple[int, int], bytes] = {}
+    for n, leaf in enumerate(leaves):
+        subtree[(0, n)] = leaf
+        out.append(leaf)
+        level, h = 0, leaf
+        while (n >> level) & 1:
+            h = node(subtree[(level, (n >> level) - 1)], h)
+            level += 1
+            subtree[(level, n >> level)] = h
+            out.append(h)
+    assert len(out) == 2 * len(leaves) - sum(bin(n).count("1") for n in [len(leaves)])
+    return out
+
+
+def prefix_roots(leaves: Sequence[bytes]) -> list[bytes]:
+    """Root of the first k leaves for k = 1..n (RootBuilder, one pass)."""
+    builder = RootBuilder()
+    roots = []
+    for leaf in leaves:
+        builder.add(leaf)
+        roots.append(builder.root())
+    return roots
+
+
+async def check_log(conn: AsyncConnection) -> list[StoredEntry]:
+    """Entries 0..n-1, hashes exactly those of n leaves, stored root = recomputed root."""
+    entries = await Trail.read(conn)
+    assert [e.index for e in entries] == list(range(len(entries)))
+    leaves = [e.leaf_hash for e in entries]
+    assert leaves == [hashlib.sha256(b"\x00" + e.entry).digest() for e in entries]
+    rows = (await conn.execute(select(trail_hashes).order_by(trail_hashes.c.idx))).all()
+    assert [int(r.idx) for r in rows] == list(range(len(rows)))
+    assert [bytes(r.hash) for r in rows] == reference_stored_hashes(leaves)
+    if entries:
+        assert await root_at(conn, len(entries)) == prefix_roots(leaves)[-1]
+    return entries
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def fresh_database(settings: Settings) -> None:
+    """An empty trail: a new SQLite file, or PostgreSQL's tables emptied (its schema
+    was rebuilt once per run by the ``pg_ready`` fixture that ``make_settings`` uses)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if PG_URL:
+        await empty_tables(PG_URL)
+    else:
+        await reset_database(settings.database_url.value)
+
+
+@pytest.fixture
+async def engine(make_settings: Callable[..., Settings]) -> AsyncIterator[AsyncEngine]:
+    settings = make_settings()
+    await fresh_database(settings)
+    engine = create_engine(settings.database_url.value)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def unit(
+    name: str, events: int = 1, *, fail: Exception | None = None
+) -> Callable[[Tx], Awaitable[list[int]]]:
+    """A unit of work: a state change (a used_jtis row named ``name``) and its events."""
+
+    async def work(tx: Tx) -> list[int]:
+        await tx.conn.execute(
+            insert(used_jtis).values(key=name, expires_at=tx.now + timedelta(hours=1))
+        )
+        indexes = await tx.record(
+            [
+                TrailEvent(EventType.TRANSFER_COMPLETED, transfer_id=f"{name}-{k}")
+                for k in range(events)
+            ]
+        )
+        if fail is not None:
+            raise fail
+        return indexes
+
+    return work
+
+
+async def state_keys(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return {str(k) for k in (await conn.execute(select(used_jtis.c.key))).scalars()}
+
+
+async def transfer_ids(engine: AsyncEngine) -> list[str]:
+    import json
+
+    async with engine.connect() as conn:
+        entries = await Trail.read(conn)
+    return [json.loads(e.entry.split(b"\n", 1)[1])["transfer_id"] for e in entries]
+
+
+class Refused(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_check_log_reference_matches_a_known_tree() -> None:
+    """The reference layout itself: 3 leaves store leaf0, leaf1, node(0,1), leaf2."""
+    leaves = [hashlib.sha256(bytes([i])).digest() for i in range(3)]
+    assert reference_stored_hashes(leaves) == [
+        leaves[0],
+        leaves[1],
+        node(leaves[0], leaves[1]),
+        leaves[2],
+    ]
+    assert prefix_roots(leaves)[-1] == node(node(leaves[0], leaves[1]), leaves[2])
+
+
+async def test_fifty_concurrent_units_make_one_gap_free_log(engine: AsyncEngine) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now)
+    try:
+        results = await asyncio.gather(
+            *(writer.run(unit(f"u{i}", events=1 + i % 3)) for i in range(50))
+        )
+    finally:
+        await writer.stop()
+    total = sum(1 + i % 3 for i in range(50))
+    assert sorted(i for r in results for i in r) == list(range(total))
+    for i, r in enumerate(results):
+        assert r == list(range(r[0], r[0] + 1 + i % 3))
+    assert writer.batches_written < 50
+    async with engine.connect() as conn:
+        entries = await check_log(conn)
+        assert len(entries) == total
+        # Every intermediate size, not just the last, has the root of its prefix.
+        roots = prefix_roots([e.leaf_hash for e in entries])
+        for size in range(1, total + 1):
+            assert await root_at(conn, size) == roots[size - 1]
+    assert await state_keys(engine) == {f"u{i}" for i in range(50)}
+
+
+async def test_a_failing_unit_is_rolled_back_alone(engine: AsyncEngine) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
+    try:
+        assert await writer.run(unit("first")) == [0]
+        before = writer.batches_written
+        outcomes = await asyncio.gather(
+            writer.run(unit("ok-1", 2)),
+            writer.run(unit("bad-1", 3, fail=Refused("after recording"))),
+            writer.run(unit("ok-2")),
+            writer.run(unit("first")),  # the state change itself fails: duplicate key
+            writer.run(unit("ok-3", 2)),
+            return_exceptions=True,
+        )
+        assert writer.batches_written == before + 1  # all five in one batch
+        assert await writer.run(unit("last")) == [6]
+    finally:
+        await writer.stop()
+    assert isinstance(outcomes[1], Refused)
+    assert isinstance(outcomes[3], IntegrityError)
+    assert [outcomes[0], outcomes[2], outcomes[4]] == [[1, 2], [3], [4, 5]]
+    assert await state_keys(engine) == {"first", "ok-1", "ok-2", "ok-3", "last"}
+    assert await transfer_ids(engine) == [
+        "first-0",
+        "ok-1-0",
+        "ok-1-1",
+        "ok-2-0",
+        "ok-3-0",
+        "ok-3-1",
+        "last-0",
+    ]
+    async with engine.connect() as conn:
+        await check_log(conn)
+
+
+async def test_a_failed_commit_fails_every_unit_of_the_batch(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
+    real = writer_module._store_hashes
+    failures = iter([RuntimeError("disk full")])
+
+    async def store_hashes_failing_once(
+        conn: AsyncConnection, start: int, leaves: Sequence[bytes]
+    ) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        await real(conn, start, leaves)
+
+    try:
+        assert await writer.run(unit("before", 3)) == [0, 1, 2]
+        monkeypatch.setattr(writer_module, "_store_hashes", store_hashes_failing_once)
+        batches = writer.batches_written
+        outcomes = await asyncio.gather(
+            *(writer.run(unit(f"lost-{i}", 1 + i % 2)) for i in range(6)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, RuntimeError) and str(o) == "disk full" for o in outcomes)
+        assert writer.batches_written == batches  # the batch was not written
+        async with engine.connect() as conn:
+            assert len(await check_log(conn)) == 3
+        assert await state_keys(engine) == {"before"}
+        # The writer carries on; the next batch starts where the log ends.
+        assert await writer.run(unit("after", 2)) == [3, 4]
+    finally:
+        await writer.stop()
+    assert await transfer_ids(engine) == ["before-0", "before-1", "before-2", "after-0", "after-1"]
+    async with engine.connect() as conn:
+        await check_log(conn)
+
+
+async def test_units_are_grouped_into_batches(engine: AsyncEngine) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.01)
+    try:
+        await asyncio.gather(*(writer.run(unit(f"g{i}")) for i in range(20)))
+    finally:
+        await writer.stop()
+    assert 1 <= writer.batches_written < 20
+    # max_batch caps a batch: the units of one batch share its clock reading.
+    ticks = itertools.count()
+    base = datetime(2026, 11, 29, tzinfo=UTC)
+    small = TrailWriter(
+        engine,
+        Trail(DIGEST),
+        lambda: base + timedelta(seconds=next(ticks)),
+        max_batch=3,
+        linger_seconds=0.01,
+    )
+    seen: list[datetime] = []
+
+    def timed(name: str) -> Callable[[Tx], Awaitable[None]]:
+        async def work(tx: Tx) -> None:
+            seen.append(tx.now)
+            await unit(name)(tx)
+
+        return work
+
+    try:
+        await asyncio.gather(*(small.run(timed(f"s{i}")) for i in range(20)))
+    finally:
+        await small.stop()
+    sizes = [len(list(group)) for _, group in itertools.groupby(seen)]
+    assert sum(sizes) == 20
+    assert max(sizes) <= 3
+    assert small.batches_written == len(sizes) >= 7
+    async with engine.connect() as conn:
+        assert len(await check_log(conn)) == 40
+
+
+async def test_a_cancelled_caller_is_not_written(engine: AsyncEngine) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.05)
+    try:
+        gone = asyncio.create_task(writer.run(unit("gone")))
+        kept = asyncio.create_task(writer.run(unit("kept")))
+        await asyncio.sleep(0.01)  # both queued, the writer lingering
+        gone.cancel()
+        assert await kept == [0]
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    finally:
+        await writer.stop()
+    assert await state_keys(engine) == {"kept"}
+    async with engine.connect() as conn:
+        assert len(await check_log(conn)) == 1
+
+
+async def test_stop_fails_waiting_units(engine: AsyncEngine) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.05)
+    assert await writer.run(unit("one")) == [0]
+    first = asyncio.create_task(writer.run(unit("waiting-1")))
+    second = asyncio.create_task(writer.run(unit("waiting-2")))
+    await asyncio.sleep(0.01)  # the writer holds waiting-1 while lingering
+    await writer.stop()
+    # Neither caller waits forever, nor may it believe its unit is durable.
+    results = await asyncio.wait_for(
+        asyncio.gather(first, second, return_exceptions=True), timeout=5
+    )
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    async with engine.connect() as conn:
+        assert len(await check_log(conn)) == 1
+    assert await state_keys(engine) == {"one"}
