@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
 
 import structlog
 from sqlalchemy import insert, select
@@ -25,7 +24,6 @@ from gateway.trail.writer import read_hashes, tree_size
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 Read = Callable[[Sequence[int]], Sequence[bytes]]
 
 
@@ -33,43 +31,27 @@ class TreeError(Exception):
     """Storage does not hold what the tree needs (a gap, or a fork)."""
 
 
-class _Need(Exception):
-    def __init__(self, indexes: list[int]) -> None:
-        super().__init__(len(indexes))
-        self.indexes = indexes
-
-
-async def with_hashes(conn: AsyncConnection, compute: Callable[[Read], T]) -> T:
-    """Run a pure tree computation, fetching the stored hashes it asks for."""
-    known: dict[int, bytes] = {}
-    for _ in range(64):
-
-        def read(indexes: Sequence[int]) -> list[bytes]:
-            missing = [i for i in indexes if i not in known]
-            if missing:
-                raise _Need(missing)
-            return [known[i] for i in indexes]
-
-        try:
-            return compute(read)
-        except _Need as need:
-            found = await read_hashes(conn, need.indexes)
-            if len(found) != len(set(need.indexes)):
-                raise TreeError("stored trail hashes are missing") from None
-            known.update(found)
-    raise TreeError("tree computation did not converge")
+async def _hashes(conn: AsyncConnection, indexes: Sequence[int]) -> Read:
+    """Fetch, in one query, the stored hashes a computation will ask for."""
+    found = await read_hashes(conn, indexes)
+    if len(found) != len(set(indexes)):
+        raise TreeError("stored trail hashes are missing")
+    return lambda wanted: [found[i] for i in wanted]
 
 
 async def root_at(conn: AsyncConnection, size: int) -> bytes:
-    return await with_hashes(conn, lambda read: merkle.tree_hash(size, read))
+    read = await _hashes(conn, merkle.tree_hash_indexes(size))
+    return merkle.tree_hash(size, read)
 
 
 async def inclusion(conn: AsyncConnection, index: int, size: int) -> list[bytes]:
-    return await with_hashes(conn, lambda read: merkle.inclusion_proof(index, size, read))
+    read = await _hashes(conn, merkle.inclusion_proof_indexes(index, size))
+    return merkle.inclusion_proof(index, size, read)
 
 
 async def consistency(conn: AsyncConnection, old: int, new: int) -> list[bytes]:
-    return await with_hashes(conn, lambda read: merkle.consistency_proof(old, new, read))
+    read = await _hashes(conn, merkle.consistency_proof_indexes(old, new))
+    return merkle.consistency_proof(old, new, read)
 
 
 async def latest_checkpoint(conn: AsyncConnection) -> tuple[int, bytes, str] | None:

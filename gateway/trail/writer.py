@@ -121,31 +121,12 @@ async def read_hashes(conn: AsyncConnection, indexes: Sequence[int]) -> dict[int
     return {int(r.idx): bytes(r.hash) for r in rows}
 
 
-def hashes_needed_for_append(start: int, count: int) -> list[int]:
-    """Stored-hash indexes, already in storage, that appending ``count`` leaves reads.
-
-    Appending record ``n`` combines its leaf with the roots of the complete
-    subtrees to its left (Go's ``StoredHashesForRecordHash``): level ``i`` for
-    every trailing 1-bit of ``n``. Those created by this batch are in memory.
-    """
-    first_new = merkle.stored_hash_index(0, start)
-    needed: set[int] = set()
-    for n in range(start, start + count):
-        level = 0
-        while (n >> level) & 1:
-            index = merkle.stored_hash_index(level, (n >> level) - 1)
-            if index < first_new:
-                needed.add(index)
-            level += 1
-    return sorted(needed)
-
-
 async def _store_hashes(conn: AsyncConnection, start: int, leaves: Sequence[bytes]) -> None:
     """Append the stored hashes (Go tlog layout) for leaves ``start .. start+len-1``."""
     if not leaves:
         return
     known: dict[int, bytes] = {}
-    needed = hashes_needed_for_append(start, len(leaves))
+    needed = merkle.hashes_to_store_indexes(start, len(leaves))
     known.update(await read_hashes(conn, needed))
     missing = set(needed) - set(known)
     if missing:

@@ -160,8 +160,10 @@ async def check_one_linear_log(
     # (SQLite's busy handler lets the process holding the lock keep it while
     # the other backs off: there the log may switch writers only once.)
     assert switches >= (3 if url.startswith("postgresql") else 1), "no overlap"
-    # Both signed checkpoints during the run.
-    assert a["signed"] and b["signed"]
+    if url.startswith("postgresql"):
+        assert a["signed"] and b["signed"]  # both signed checkpoints during the run
+    else:
+        assert a["signed"] or b["signed"]  # one may have found each size signed already
 
     engine = create_engine(url)
     try:
