@@ -128,11 +128,26 @@ async def _accessed(rt: Runtime, client_id: str, endpoint: str, query: dict[str,
 # --------------------------------------------------------------------------- public trail
 
 
-def _int_param(request: Request, name: str, minimum: int = 0) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or not raw.isdigit():
-        raise InvalidRequest("invalid_parameter", f"{name} must be a non-negative integer")
+# Indexes and sizes are BIGINT columns: anything larger cannot name an entry.
+INDEX_LIMIT = 2**63
+
+
+def _index(raw: str | None) -> int | None:
+    """A non-negative index in ASCII digits that fits the database, else None.
+
+    (``str.isdigit`` alone accepts "²", on which ``int`` fails, and an
+    oversized number makes the database driver fail rather than match nothing.)
+    """
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
     value = int(raw)
+    return value if value < INDEX_LIMIT else None
+
+
+def _int_param(request: Request, name: str, minimum: int = 0) -> int:
+    value = _index(request.query_params.get(name))
+    if value is None:
+        raise InvalidRequest("invalid_parameter", f"{name} must be a non-negative integer")
     if value < minimum:
         raise InvalidRequest("invalid_parameter", f"{name} must be at least {minimum}")
     return value
@@ -205,19 +220,19 @@ async def entry(request: Request) -> Response:
     from gateway.web import session as sessions
 
     rt: Runtime = request.app.state.runtime
-    raw = request.path_params["index"]
-    if not raw.isdigit():
+    index = _index(request.path_params["index"])
+    if index is None:
         return _problem(NotFound("entry_not_found", "no such entry"))
     async with rt.engine.connect() as conn:
         row = (
-            await conn.execute(select(trail_entries).where(trail_entries.c.idx == int(raw)))
+            await conn.execute(select(trail_entries).where(trail_entries.c.idx == index))
         ).first()
     if request.headers.get("authorization"):
         try:
             token = await authenticate_auditor(rt, request)
         except GatewayError as error:
             return _problem(error)
-        await _accessed(rt, token.client_id, "entries", {"index": int(raw)})
+        await _accessed(rt, token.client_id, "entries", {"index": index})
         if row is None:
             return _problem(NotFound("entry_not_found", "no such entry"))
         return JSONResponse(_entry_json(row, decoded=True))
@@ -280,9 +295,10 @@ async def events(request: Request) -> Response:
         query, used = _filters(request)
         cursor = request.query_params.get("cursor")
         if cursor is not None:
-            if not cursor.isdigit():
+            after = _index(cursor)
+            if after is None:
                 raise InvalidRequest("invalid_parameter", "cursor must be an index")
-            query = query.where(trail_entries.c.idx > int(cursor))
+            query = query.where(trail_entries.c.idx > after)
         limit = min(int(request.query_params.get("limit") or 100), EVENTS_PAGE_MAX)
         if limit < 1:
             raise InvalidRequest("invalid_parameter", "limit must be positive")

@@ -239,8 +239,10 @@ class Relay:
             )
 
         declared = response.headers.get("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise too_large()
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if declared is not None and declared.strip().isascii() and declared.strip().isdigit():
+            if int(declared) > limit:
+                raise too_large()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_raw():

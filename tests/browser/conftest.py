@@ -72,7 +72,10 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``gateway demo`` in a fresh directory; yields its log file."""
     busy = _busy_ports()
     if busy:
-        pytest.skip(f"the demo's fixed ports {busy} on 127.0.0.1 are busy")
+        message = f"the demo's fixed ports {busy} on 127.0.0.1 are busy"
+        if os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     workdir = tmp_path_factory.mktemp("gateway-demo")
     log_path = workdir / "demo.log"
     # Nothing of the caller's gateway configuration (e.g. a PostgreSQL URL) leaks in:

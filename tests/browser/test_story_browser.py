@@ -16,6 +16,7 @@ Run: ``pytest -m browser`` (needs Debian's ``chromium`` and ``pip install -e '.[
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 import uuid
@@ -32,13 +33,18 @@ if TYPE_CHECKING:
 
     from .conftest import Screenshots
 
+# CI sets GATEWAY_REQUIRE_BROWSER=1: there a missing browser fails instead of skipping.
+_REQUIRED = os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1"
 if not Path("/usr/bin/chromium").exists():
+    if _REQUIRED:
+        raise RuntimeError("GATEWAY_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing")
     pytest.skip(
         "Debian's Chromium is not installed (apt-get install -y chromium)", allow_module_level=True
     )
-pytest.importorskip(
-    "playwright.async_api", reason="Playwright is not installed (pip install -e '.[browser]')"
-)
+if not _REQUIRED:
+    pytest.importorskip(
+        "playwright.async_api", reason="Playwright is not installed (pip install -e '.[browser]')"
+    )
 
 pytestmark = pytest.mark.browser
 
