@@ -238,11 +238,10 @@ class Relay:
                 "provider_response_too_large", f"the provider's answer exceeds {limit} bytes"
             )
 
-        declared = response.headers.get("content-length")
+        declared = (response.headers.get("content-length") or "").strip()
         # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-        if declared is not None and declared.strip().isascii() and declared.strip().isdigit():
-            if int(declared) > limit:
-                raise too_large()
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise too_large()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_raw():
