@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.storage.models import used_jtis
 
@@ -31,6 +31,26 @@ async def use_once(
             )
     except IntegrityError:
         return False
+    return True
+
+
+async def use_once_in(
+    conn: AsyncConnection, *, kind: str, issuer: str, jti: str, expires_at: datetime
+) -> bool:
+    """Record a jti inside the caller's transaction (its own SAVEPOINT); False on a replay.
+
+    The transfer path uses this inside its group-committed unit of work, so a
+    proof's jti costs no commit of its own.
+    """
+    savepoint = await conn.begin_nested()
+    try:
+        await conn.execute(
+            insert(used_jtis).values(key=_key(kind, issuer, jti), expires_at=expires_at)
+        )
+    except IntegrityError:
+        await savepoint.rollback()
+        return False
+    await savepoint.commit()
     return True
 
 

@@ -4,7 +4,8 @@ Read :func:`transfer` top to bottom to audit the order of checks (DESIGN §3):
 
     (1) authenticate the caller: DPoP proof (typ, alg, signature, htm, htu, iat, ath)
     (2) verify the consent token: alg allowlist, kid, iss, aud, exp, typ at+jwt;
-        the proof's key is the token's cnf.jkt; the proof's jti is used once
+        the proof's key is the token's cnf.jkt; its jti is spent once, in (5)'s
+        unit of work (or with the denial), so a replay loses even a race
     (3) load the consent: same client, active, not expired, resource covered, uses left
     (4) policy decision: client may still ask this resource for this purpose,
         acr high enough, query parameters allowlisted
@@ -83,6 +84,7 @@ class _Seen:
     transfer_id: str
     step: int = 1
     token: ConsentToken | None = None
+    proof: dpop.DpopProof | None = None
     consent: Consent | None = None
 
 
@@ -142,15 +144,10 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
     except Unauthenticated as exc:
         raise _Denied(2, exc) from None
     seen.token = token
-    # RFC 9449 §11.1: the server SHOULD refuse a proof whose jti it has seen.
-    if not await replay.use_once(
-        rt.engine,
-        kind="dpop",
-        issuer=proof.jkt,
-        jti=proof.jti,
-        expires_at=now + DPOP_JTI_RETENTION,
-    ):
-        raise _Denied(2, Unauthenticated("dpop_proof_replayed", "DPoP proof jti already used"))
+    # RFC 9449 §11.1: the server SHOULD refuse a proof whose jti it has seen. The
+    # jti is recorded with step (5)'s unit of work (or with the denial), so it
+    # costs no commit of its own; the database key makes it single-use.
+    seen.proof = proof
 
     # (3) the live consent
     seen.step = 3
@@ -184,6 +181,8 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
 
     async def authorize(tx: Tx) -> tuple[str | None, str]:
         conn = tx.conn
+        if not await _use_proof(tx, proof):
+            raise _Denied(2, _replayed())
         if not await rt.consents.consume(conn, consent.id, provider.id, tx.now):
             raise _Denied(5, _why_not_consumable(await rt.consents.get(conn, consent.id)))
         subject = await pseudonym_of(conn, consent.subject_id)
@@ -288,6 +287,20 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
             provider=provider.id,
         )
     return TransferResult(transfer_id=seen.transfer_id, status=200, body=delivered)
+
+
+def _replayed() -> Unauthenticated:
+    return Unauthenticated("dpop_proof_replayed", "DPoP proof jti already used")
+
+
+async def _use_proof(tx: Tx, proof: dpop.DpopProof) -> bool:
+    return await replay.use_once_in(
+        tx.conn,
+        kind="dpop",
+        issuer=proof.jkt,
+        jti=proof.jti,
+        expires_at=tx.now + DPOP_JTI_RETENTION,
+    )
 
 
 def _check_consent(consent: Consent, provider: Provider, resource: Resource, now: datetime) -> None:
@@ -447,6 +460,10 @@ async def _record_denial(
 
     async def work(tx: Tx) -> None:
         conn, now = tx.conn, tx.now
+        if seen.proof is not None and step != 2:
+            # A proof shown with a valid token is spent even when the request is
+            # refused: it cannot be replayed with, say, another query string.
+            await _use_proof(tx, seen.proof)
         subject = await pseudonym_of(conn, consent.subject_id) if consent else None
         if consent is not None:
             # The person sees refused attempts on their data too.
