@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.settings import Settings
-from gateway.storage.engine import create_engine
+from gateway.storage.engine import create_engine, write_first
 from gateway.storage.models import subjects
 from gateway.subjects import trail_pseudonym
 
@@ -33,7 +33,7 @@ async def erase_subject(settings: Settings, pseudonym: str) -> bool:
     """Delete the trail secret of the person with this pseudonym; False if none has it."""
     engine = create_engine(settings.database_url.value)
     try:
-        async with engine.begin() as conn:
+        async with write_first(engine).begin() as conn:
             subject_id = await find_subject(conn, pseudonym)
             if subject_id is None:
                 return False

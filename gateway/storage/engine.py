@@ -24,6 +24,14 @@ def normalise_url(raw: str) -> URL:
     return url
 
 
+IMMEDIATE_OPTION = "gateway_begin_immediate"
+
+
+def write_first(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool, whose transactions take SQLite's write lock at BEGIN."""
+    return engine.execution_options(**{IMMEDIATE_OPTION: True})
+
+
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -58,8 +66,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Every transaction takes the write lock up front: read-then-write
-        # sequences (next trail index, single-use checks) cannot interleave
-        # with another process's, and nobody upgrades a read lock into a
-        # deadlock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Transactions that read before they write (the trail writer's batch:
+        # next index, then inserts) take the write lock up front, so they cannot
+        # interleave with another process's or fail to upgrade a stale snapshot.
+        # Everything else begins deferred: readers never queue behind writers
+        # (WAL), and statements that write first wait on the busy timeout.
+        immediate = conn.get_execution_options().get(IMMEDIATE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

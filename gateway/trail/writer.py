@@ -33,6 +33,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import gateway.trail.merkle as merkle
+from gateway.storage.engine import write_first
 from gateway.storage.models import trail_entries, trail_hashes
 from gateway.trail.entry import encode_entry
 from gateway.trail.store import Trail, TrailEvent
@@ -147,7 +148,7 @@ class TrailWriter:
         max_batch: int = 256,
         linger_seconds: float = 0.0,
     ) -> None:
-        self.engine = engine
+        self.engine = write_first(engine)
         self.trail = trail
         self.clock = clock
         self.max_batch = max_batch

@@ -24,6 +24,7 @@ from gateway.errors import LoginFailed
 from gateway.policy.decision import AuthorizationDetail
 from gateway.policy.model import acr_rank
 from gateway.runtime import Runtime
+from gateway.storage.engine import write_first
 from gateway.storage.models import authorization_codes, transfers
 from gateway.subjects import subject_lookup
 from gateway.trail import EventType, TrailEvent
@@ -125,7 +126,8 @@ async def login_callback(request: Request) -> Response:
         code = exc.code if exc.code in {"login_cancelled"} else "login_failed"
         return error_page(request, 400, code)
     lookup = subject_lookup(rt.keys.pseudonym_secret, identity.issuer, identity.subject)
-    async with rt.engine.begin() as conn:
+    # Read-then-insert: take the write lock first (SQLite) so two logins cannot race.
+    async with write_first(rt.engine).begin() as conn:
         subject_id = await consent_ops.ensure_subject(conn, lookup, rt.now())
     raw = await sessions.log_in(
         rt, session, subject_id=subject_id, acr=identity.acr, claims=dict(identity.claims)
