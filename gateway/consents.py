@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.policy.decision import AuthorizationDetail
@@ -327,6 +327,7 @@ class ConsentStore:
         to: ConsentState,
         reason: str,
         from_states: Sequence[ConsentState] = (ConsentState.ACTIVE,),
+        subject: str | None = None,
     ) -> bool:
         """Move an active (or pending) consent to an end state, erasing its claims."""
         conn, now = tx.conn, tx.now
@@ -350,7 +351,7 @@ class ConsentStore:
                     event_type,
                     client_id=consent.client_id,
                     consent_id=consent.id,
-                    subject=await pseudonym_of(conn, consent.subject_id),
+                    subject=subject or await pseudonym_of(conn, consent.subject_id),
                     details={"reason": reason},
                 )
             ]
@@ -396,14 +397,31 @@ class ConsentStore:
             .values(uses_left=consent_allowances.c.uses_left + 1)
         )
 
-    async def close_if_used_up(self, tx: Tx, consent_id: str) -> bool:
-        """End the consent as ``exhausted`` once no provider has a use left."""
-        consent = await self.get(tx.conn, consent_id)
-        if consent is None or consent.state != ConsentState.ACTIVE:
+    async def close_if_used_up(
+        self, tx: Tx, consent: Consent, *, subject: str | None = None
+    ) -> bool:
+        """End the consent as ``exhausted`` once no provider has a use left.
+
+        ``consent`` may have been read earlier (its terms never change); the
+        uses left are read now, and ``end`` only moves it from ``active``.
+        """
+        left = (
+            await tx.conn.execute(
+                select(func.coalesce(func.sum(consent_allowances.c.uses_left), 0)).where(
+                    consent_allowances.c.consent_id == consent.id
+                )
+            )
+        ).scalar_one()
+        if left > 0:
             return False
-        if any(a.uses_left > 0 for a in consent.allowances.values()):
-            return False
-        return await self.end(tx, consent, to=ConsentState.EXHAUSTED, reason="transfers_used")
+        return await self.end(
+            tx,
+            consent,
+            to=ConsentState.EXHAUSTED,
+            reason="transfers_used",
+            subject=subject,
+            from_states=(ConsentState.ACTIVE,),
+        )
 
     async def expire_due(self, tx: Tx) -> list[str]:
         """End every pending or active consent whose expiry has passed."""

@@ -10,6 +10,8 @@ import hashlib
 from datetime import datetime
 
 from sqlalchemy import delete, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,21 +39,18 @@ async def use_once(
 async def use_once_in(
     conn: AsyncConnection, *, kind: str, issuer: str, jti: str, expires_at: datetime
 ) -> bool:
-    """Record a jti inside the caller's transaction (its own SAVEPOINT); False on a replay.
+    """Record a jti inside the caller's transaction; False on a replay.
 
     The transfer path uses this inside its group-committed unit of work, so a
-    proof's jti costs no commit of its own.
+    proof's jti costs no commit of its own. ``ON CONFLICT DO NOTHING`` (both
+    engines) reports a replay by its row count, without an error to recover from.
     """
-    savepoint = await conn.begin_nested()
-    try:
-        await conn.execute(
-            insert(used_jtis).values(key=_key(kind, issuer, jti), expires_at=expires_at)
-        )
-    except IntegrityError:
-        await savepoint.rollback()
-        return False
-    await savepoint.commit()
-    return True
+    values = {"key": _key(kind, issuer, jti), "expires_at": expires_at}
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    done = await conn.execute(
+        dialect_insert(used_jtis).values(**values).on_conflict_do_nothing(index_elements=["key"])
+    )
+    return done.rowcount == 1
 
 
 async def prune(engine: AsyncEngine, now: datetime) -> None:

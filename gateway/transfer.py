@@ -47,7 +47,7 @@ from gateway.policy.decision import Deny, decide_transfer
 from gateway.policy.model import IDENTITY_CLAIMS, Provider, Resource
 from gateway.runtime import Runtime
 from gateway.storage.models import subjects, transfers
-from gateway.subjects import pairwise_subject
+from gateway.subjects import pairwise_subject, trail_pseudonym
 from gateway.tokens import ConsentToken, mint_provider_assertion, verify_consent_token
 from gateway.trail import EventType, TrailEvent
 from gateway.trail.writer import Tx
@@ -185,10 +185,15 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
             raise _Denied(2, _replayed())
         if not await rt.consents.consume(conn, consent.id, provider.id, tx.now):
             raise _Denied(5, _why_not_consumable(await rt.consents.get(conn, consent.id)))
-        subject = await pseudonym_of(conn, consent.subject_id)
-        lookup = (
-            await conn.execute(select(subjects.c.lookup).where(subjects.c.id == consent.subject_id))
-        ).scalar_one()
+        person = (
+            await conn.execute(
+                select(subjects.c.lookup, subjects.c.trail_secret).where(
+                    subjects.c.id == consent.subject_id
+                )
+            )
+        ).one()
+        secret = bytes(person.trail_secret) if person.trail_secret is not None else None
+        subject = trail_pseudonym(secret)
         await conn.execute(
             insert(transfers).values(
                 id=seen.transfer_id,
@@ -216,7 +221,7 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
                 )
             ]
         )
-        return subject, str(lookup)
+        return subject, str(person.lookup)
 
     try:
         subject, lookup = await rt.writer.run(authorize)
@@ -447,7 +452,7 @@ async def _write_outcome(
         )
         await tx.record([event])
         if failed is None:
-            await rt.consents.close_if_used_up(tx, consent.id)
+            await rt.consents.close_if_used_up(tx, consent, subject=subject)
 
     await rt.writer.run(work)
 

@@ -52,6 +52,10 @@ class Db:
         """One unit of work, committed with its trail entries."""
         return await self.writer.run(work)
 
+    async def close_if_used_up(self, consent_id: str) -> bool:
+        consent = await self.get(consent_id)
+        return await self.run(lambda tx: self.store.close_if_used_up(tx, consent))
+
     async def get(self, consent_id: str) -> Consent:
         async with self.engine.connect() as conn:
             consent = await self.store.get(conn, consent_id)
@@ -175,16 +179,16 @@ async def test_pending_to_active_to_exhausted(db: Db) -> None:
 
     # Use everything, checking that the consent stays open while anything is left.
     assert await db.consume(consent_id, "cnaf")
-    assert not await db.run(lambda tx: db.store.close_if_used_up(tx, consent_id))
+    assert not await db.close_if_used_up(consent_id)
     assert await db.consume(consent_id, "cnaf")
     assert not await db.consume(consent_id, "cnaf")  # cnaf used up
     assert (await db.get(consent_id)).transfers_used == 2
-    assert not await db.run(lambda tx: db.store.close_if_used_up(tx, consent_id))
+    assert not await db.close_if_used_up(consent_id)
     assert await db.consume(consent_id, "dgfip")
     assert not await db.consume(consent_id, "dgfip")
     assert not await db.consume(consent_id, "other-provider")
 
-    assert await db.run(lambda tx: db.store.close_if_used_up(tx, consent_id))
+    assert await db.close_if_used_up(consent_id)
     done = await db.get(consent_id)
     assert done.state is ConsentState.EXHAUSTED
     assert done.claims is None  # identity claims erased the moment it ends
@@ -198,7 +202,7 @@ async def test_pending_to_active_to_exhausted(db: Db) -> None:
     assert exhausted["details"] == {"reason": "transfers_used"}
     assert exhausted["subject"] == pseudonym
     # Closing again records nothing more.
-    assert not await db.run(lambda tx: db.store.close_if_used_up(tx, consent_id))
+    assert not await db.close_if_used_up(consent_id)
     assert len(await db.events_of(consent_id)) == 3
 
 
@@ -306,7 +310,7 @@ async def test_give_back_never_above_max(db: Db) -> None:
 async def test_give_back_does_not_reopen_an_ended_consent(db: Db) -> None:
     consent_id = await db.active()
     assert await db.consume(consent_id)
-    assert await db.run(lambda tx: db.store.close_if_used_up(tx, consent_id))
+    assert await db.close_if_used_up(consent_id)
     await db.give_back(consent_id)
     assert not await db.consume(consent_id)
     assert (await db.get(consent_id)).state is ConsentState.EXHAUSTED
