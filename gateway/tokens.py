@@ -34,8 +34,10 @@ LEEWAY_SECONDS = CLOCK_LEEWAY_SECONDS
 CONSENT_TOKEN_MAX_LIFETIME = 600
 # DESIGN §4: the provider assertion is only needed for the one call.
 PROVIDER_ASSERTION_MAX_LIFETIME = 60
-# A client assertion is made for one request; a long-lived one is a bearer secret.
-CLIENT_ASSERTION_MAX_LIFETIME = 300
+# A client assertion is made for one request and its jti is single-use, so its
+# lifetime matters little; 1 hour is the default of common client libraries
+# (authlib's private_key_jwt_sign), and refusing it would break them.
+CLIENT_ASSERTION_MAX_LIFETIME = 3600
 
 CONSENT_JWT_TYP = "at+jwt"
 PROVIDER_ASSERTION_TYP = "gateway-assertion+jwt"
