@@ -56,7 +56,7 @@ class Tx:
 
     async def record(self, events: Sequence[TrailEvent]) -> list[int]:
         """Append events to the trail in this batch; returns their indexes."""
-        return await self._batch.append(self.conn, events, self.now)
+        return self._batch.append(events, self.now)
 
 
 Work = Callable[[Tx], Awaitable[T]]
@@ -73,14 +73,19 @@ class _Batch:
     trail: Trail
     start: int  # tree size when the batch began
     leaves: list[bytes] = field(default_factory=list)  # leaf hashes, in index order
+    # Entry rows, inserted once for the whole batch (one executemany) before the
+    # hashes; a unit that fails drops its own rows with its leaves.
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def forget_from(self, mark: int) -> None:
+        del self.leaves[mark:]
+        del self.rows[mark:]
 
     @property
     def next_index(self) -> int:
         return self.start + len(self.leaves)
 
-    async def append(
-        self, conn: AsyncConnection, events: Sequence[TrailEvent], now: datetime
-    ) -> list[int]:
+    def append(self, events: Sequence[TrailEvent], now: datetime) -> list[int]:
         rows: list[dict[str, Any]] = []
         for event in events:
             entry = encode_entry(self.trail.event_object(event, now=now))
@@ -100,9 +105,12 @@ class _Batch:
                     "provider": event.provider,
                 }
             )
-        if rows:
-            await conn.execute(insert(trail_entries), rows)
+        self.rows.extend(rows)
         return [int(r["idx"]) for r in rows]
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        if self.rows:
+            await conn.execute(insert(trail_entries), self.rows)
 
 
 async def tree_size(conn: AsyncConnection) -> int:
@@ -216,11 +224,12 @@ class TrailWriter:
                         value = await item.work(Tx(conn, now, batch))
                     except Exception as exc:  # the unit fails alone
                         await savepoint.rollback()
-                        del batch.leaves[mark:]
+                        batch.forget_from(mark)
                         results.append((item, False, exc))
                     else:
                         await savepoint.commit()
                         results.append((item, True, value))
+                await batch.flush(conn)
                 await _store_hashes(conn, batch.start, batch.leaves)
         except Exception as exc:
             log.exception("trail.batch_failed", units=len(items))
