@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 import gateway.trail.merkle as merkle
 from gateway.consents import Consent, pseudonym_of
-from gateway.jose import TOKEN_ALGS, PublicKey
+from gateway.jose import TOKEN_ALGS, PublicKey, b64url_decode
 from gateway.runtime import Runtime
 from gateway.storage.models import checkpoints, trail_entries
 from gateway.trail import tree as trail_tree
@@ -178,7 +178,16 @@ def verify_receipt(
     ``consent.granted`` entry for this consent; (4) its tlog proof: checkpoint
     signature (trail verifier key) and inclusion of the entry's leaf hash.
     """
-    # (1)
+    # (1) three canonical base64url segments: a receipt has exactly one spelling,
+    # so no altered byte of the file can still verify
+    segments = token.split(".")
+    try:
+        if len(segments) != 3:
+            raise ValueError("not three segments")
+        for segment in segments:
+            b64url_decode(segment)
+    except ValueError:
+        raise ReceiptInvalid("not a compact JWS in canonical base64url") from None
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:

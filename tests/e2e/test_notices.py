@@ -50,3 +50,27 @@ async def test_notice_is_retried_after_a_receiver_outage(stack: Stack) -> None:
     assert [n.consent_id for n in stack.sp_app.notices] == [grant.consent_id]
     types = [e["type"] for e in await stack.trail()]
     assert types.count("notice.failed") == 1 and types.count("notice.delivered") == 1
+
+
+async def test_retries_survive_a_restart_and_nothing_is_sent_twice(stack: Stack) -> None:
+    """The schedule lives in the database: a new gateway process picks it up, once."""
+    from gateway.app import build_runtime, close_runtime
+
+    browser = stack.browser()
+    grant = await stack.grant([cnaf_details()], browser=browser)
+    sp = stack.transport.apps[SP_BASE]
+    stack.transport.route(SP_BASE, None)  # the service provider is down
+    await _revoke(stack, grant.consent_id, browser)
+    assert await notices.deliver_due(stack.rt) == 0  # first attempt fails
+    stack.transport.apps[SP_BASE] = sp
+
+    # "Restart": a second runtime on the same data dir and database, its clock later.
+    stack.clock.advance(seconds=notices.backoff(1).total_seconds() + 1)
+    restarted = await build_runtime(stack.settings, transport=stack.transport, clock=stack.clock)
+    try:
+        assert await notices.deliver_due(restarted) == 1
+        assert await notices.deliver_due(restarted) == 0
+        assert await notices.deliver_due(stack.rt) == 0  # the old process does not resend
+    finally:
+        await close_runtime(restarted)
+    assert [n.consent_id for n in stack.sp_app.notices] == [grant.consent_id]

@@ -42,6 +42,20 @@ async def test_receipt_verifies_offline(stack: Stack, tmp_path: Path) -> None:
     assert main([*args, "--verifier-key", vkey]) == 0
 
 
+async def test_every_altered_character_of_the_file_fails(stack: Stack) -> None:
+    token, vkey, jwks = await _receipt(stack)
+    keys = public_keys_from_jwks(jwks, TOKEN_ALGS)
+    verifier = Verifier.from_key(vkey)
+    verify_receipt(token, keys, verifier=verifier)  # the original holds
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for position, char in enumerate(token):
+        replacement = "." if char != "." else "A"
+        for candidate in (alphabet[(alphabet.find(char) + 1) % 64], replacement):
+            altered = token[:position] + candidate + token[position + 1 :]
+            with pytest.raises(ReceiptInvalid):
+                verify_receipt(altered, keys, verifier=verifier)
+
+
 @pytest.mark.parametrize("part", [0, 1, 2])
 async def test_any_altered_byte_fails(stack: Stack, part: int) -> None:
     token, vkey, jwks = await _receipt(stack)
