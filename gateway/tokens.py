@@ -181,6 +181,15 @@ def _non_empty_str(claims: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _cnf_jkt(claims: Mapping[str, Any]) -> str:
+    """The DPoP key thumbprint a token is bound to (RFC 9449 §6.1)."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    if not isinstance(jkt, str) or not jkt:
+        raise _Refused("cnf.jkt missing")
+    return jkt
+
+
 def _verify_own_jwt(
     token: str,
     keys: Sequence[PublicKey],
@@ -318,10 +327,7 @@ def verify_consent_token(
             now=now,
         )
         # (7) the claims the transfer path relies on, with their types
-        cnf = claims.get("cnf")
-        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-        if not isinstance(jkt, str) or not jkt:
-            raise _Refused("cnf.jkt missing")
+        jkt = _cnf_jkt(claims)
         details = claims.get("authorization_details")
         if (
             not isinstance(details, list)
@@ -591,10 +597,7 @@ def verify_audit_token(
             max_lifetime=CONSENT_TOKEN_MAX_LIFETIME,
             now=now,
         )
-        cnf = claims.get("cnf")
-        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-        if not isinstance(jkt, str) or not jkt:
-            raise _Refused("cnf.jkt missing")
+        jkt = _cnf_jkt(claims)
         return AuditToken(
             jti=_non_empty_str(claims, "jti"),
             client_id=_non_empty_str(claims, "client_id"),

@@ -10,6 +10,7 @@ to run everything on PostgreSQL instead of a fresh SQLite file per test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -225,11 +226,9 @@ def make_settings(tmp_path: Path, pg_ready: bool) -> Callable[..., Settings]:
     return make
 
 
-@pytest.fixture
-async def stack(
-    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
-) -> AsyncIterator[Stack]:
-    settings = make_settings()
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
+    """The gateway, demo service provider and both providers, on a fresh database."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if PG_URL:
         await empty_tables(PG_URL)
@@ -254,10 +253,20 @@ async def stack(
         redirect_uri=f"{SP_BASE}/callback",
         http=http,
     )
-    async with app.router.lifespan_context(app):
-        yield Stack(settings, app, transport, clock, http, sp, sp_app)
-    await http.aclose()
-    shutil.rmtree(settings.data_dir, ignore_errors=True)
+    try:
+        async with app.router.lifespan_context(app):
+            yield Stack(settings, app, transport, clock, http, sp, sp_app)
+    finally:
+        await http.aclose()
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def stack(
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> AsyncIterator[Stack]:
+    async with running_stack(make_settings()) as running:
+        yield running
 
 
 class CountingApp:
@@ -310,32 +319,5 @@ async def audit_stack(
     shutil.copytree(REPO / "policies", policies)
     key = SigningKey.generate_es256()
     write_auditor_policy(policies, key)
-    settings = make_settings(GATEWAY_POLICIES=str(policies))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if PG_URL:
-        await empty_tables(PG_URL)
-    else:
-        await reset_database(settings.database_url.value)
-    transport = RoutingTransport()
-    clock = Clock()
-    app = create_app(settings, transport=transport, clock=clock, background=False)
-    http = httpx.AsyncClient(transport=transport, follow_redirects=False)
-    sp_key = demo_client_key(settings.data_dir)
-    sp_app = DemoServiceProvider(
-        gateway_issuer=ISSUER, base_url=SP_BASE, signing_key=sp_key, http=http
-    )
-    transport.route(ISSUER, app)
-    transport.route(SP_BASE, sp_app.app)
-    transport.route(DGFIP, dgfip_app(gateway_issuer=ISSUER, http=http))
-    transport.route(CNAF, cnaf_app(gateway_issuer=ISSUER, http=http))
-    sp = ServiceProviderClient(
-        client_id="mairie-demoville",
-        signing_key=sp_key,
-        gateway_issuer=ISSUER,
-        redirect_uri=f"{SP_BASE}/callback",
-        http=http,
-    )
-    async with app.router.lifespan_context(app):
-        yield Stack(settings, app, transport, clock, http, sp, sp_app), key
-    await http.aclose()
-    shutil.rmtree(settings.data_dir, ignore_errors=True)
+    async with running_stack(make_settings(GATEWAY_POLICIES=str(policies))) as running:
+        yield running, key
