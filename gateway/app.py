@@ -25,8 +25,10 @@ from gateway.consents import ConsentStore
 from gateway.errors import GatewayError, LoginFailed
 from gateway.identity import OidcRelyingParty
 from gateway.keys import load_keys
-from gateway.oauth import metadata
+from gateway.oauth import metadata, pushed
 from gateway.oauth.authorize import authorize
+from gateway.oauth.par import par
+from gateway.oauth.revoke import revoke
 from gateway.oauth.token import token
 from gateway.policy.loader import load_policies
 from gateway.relay import Relay
@@ -124,6 +126,7 @@ async def sweep(rt: Runtime) -> None:
     if ended:
         log.info("consents.expired", count=len(ended))
     await replay.prune(rt.engine, now)
+    await pushed.prune(rt, now)
     await sessions.prune(rt)
 
 
@@ -228,7 +231,9 @@ async def _login_failed(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("request.failed", exc_info=exc)
-    if request.url.path.startswith(("/data/", "/api/", "/oauth/token", "/audit/", "/trail/")):
+    if request.url.path.startswith(
+        ("/data/", "/api/", "/oauth/token", "/oauth/par", "/oauth/revoke", "/audit/", "/trail/")
+    ):
         return JSONResponse(
             {
                 "type": "urn:gateway:error:internal",
@@ -331,7 +336,9 @@ def create_app(
         Route("/.well-known/oauth-authorization-server", metadata.metadata),
         Route("/.well-known/jwks.json", metadata.jwks),
         Route("/oauth/authorize", authorize),
+        Route("/oauth/par", par, methods=["POST"]),
         Route("/oauth/token", token, methods=["POST"]),
+        Route("/oauth/revoke", revoke, methods=["POST"]),
         Route("/consent/{consent_id}", pages.consent_page, methods=["GET"]),
         Route("/consent/{consent_id}", pages.consent_decision, methods=["POST"]),
         Route("/login/callback", pages.login_callback),

@@ -82,6 +82,8 @@ def outbox_hook(rt_ref: list[Runtime]) -> Any:
     async def on_end(tx: Tx, consent: Consent, to: ConsentState, reason: str) -> None:
         if to not in (ConsentState.REVOKED, ConsentState.EXPIRED):
             return
+        if reason == "client_revoked":
+            return  # the client asked for it (RFC 7009): nothing to tell it
         rt = rt_ref[0]
         client = rt.policy.clients.get(consent.client_id)
         if client is None or client.notification_endpoint is None:

@@ -158,12 +158,14 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
     return int(value)
 
 
-def _check_times(claims: Mapping[str, Any], *, now: float, max_lifetime: int) -> None:
+def _check_times(
+    claims: Mapping[str, Any], *, now: float, max_lifetime: int, accept_expired: bool = False
+) -> None:
     """exp, iat and nbf against ``now``, and a lifetime we could have issued."""
     exp = _numeric_date(claims, "exp")
     iat = _numeric_date(claims, "iat")
     # RFC 7519 §4.1.4: the JWT "MUST NOT be accepted for processing" on or after exp.
-    if exp <= now - LEEWAY_SECONDS:
+    if exp <= now - LEEWAY_SECONDS and not accept_expired:
         raise _Refused("token expired", expired=True)
     if iat > now + LEEWAY_SECONDS:
         raise _Refused("iat in the future")
@@ -200,6 +202,7 @@ def _verify_own_jwt(
     required: Sequence[str],
     max_lifetime: int,
     now: float,
+    accept_expired: bool = False,
 ) -> dict[str, Any]:
     """Steps shared by every JWT the gateway signs; see :func:`verify_consent_token`."""
     # (1) parse the header without trusting it
@@ -225,7 +228,7 @@ def _verify_own_jwt(
     except jwt.PyJWTError as exc:
         raise _Refused(_describe(exc)) from None
     # (6) exp, iat, nbf against `now`
-    _check_times(claims, now=now, max_lifetime=max_lifetime)
+    _check_times(claims, now=now, max_lifetime=max_lifetime, accept_expired=accept_expired)
     return claims
 
 
@@ -304,7 +307,13 @@ def mint_consent_token(
 
 
 def verify_consent_token(
-    token: str, keys: Sequence[PublicKey], *, issuer: str, audience: str, now: float
+    token: str,
+    keys: Sequence[PublicKey],
+    *,
+    issuer: str,
+    audience: str,
+    now: float,
+    accept_expired: bool = False,
 ) -> ConsentToken:
     """Verify a consent token; raise Unauthenticated (token_expired / token_invalid).
 
@@ -312,6 +321,9 @@ def verify_consent_token(
     (3) kid names one of ``keys``; (4) alg is that key's alg and in TOKEN_ALGS;
     (5) signature, iss, aud and presence of the required claims; (6) exp/iat
     against ``now``; (7) types of the gateway's own claims.
+
+    ``accept_expired`` skips only the ``exp`` check of step (6): revocation
+    (RFC 7009 §2.2) may name an expired token. Never for access.
     """
     try:
         # RFC 9068 §4: resource servers "MUST verify that the typ header value
@@ -325,6 +337,7 @@ def verify_consent_token(
             required=_CONSENT_CLAIMS,
             max_lifetime=CONSENT_TOKEN_MAX_LIFETIME,
             now=now,
+            accept_expired=accept_expired,
         )
         # (7) the claims the transfer path relies on, with their types
         jkt = _cnf_jkt(claims)

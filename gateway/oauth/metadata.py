@@ -17,6 +17,12 @@ def metadata_document(rt: Runtime) -> dict[str, Any]:
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/oauth/authorize",
         "token_endpoint": f"{issuer}/oauth/token",
+        "pushed_authorization_request_endpoint": f"{issuer}/oauth/par",
+        # RFC 9126 §5: plain authorization requests stay allowed.
+        "require_pushed_authorization_requests": False,
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "revocation_endpoint_auth_signing_alg_values_supported": list(CLIENT_ALGS),
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "client_credentials"],

@@ -53,7 +53,8 @@ def oauth_error(error: OAuthError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-def _field(form: FormData, name: str) -> str | None:
+def form_field(form: FormData, name: str) -> str | None:
+    """A form parameter given at most once (RFC 6749 §3.2), or None when absent or empty."""
     values = form.getlist(name)
     if len(values) > 1:
         raise OAuthError("invalid_request", f"parameter {name} given more than once")
@@ -61,21 +62,29 @@ def _field(form: FormData, name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-async def authenticate_client(rt: Runtime, form: FormData, now: datetime) -> Client:
-    """private_key_jwt (RFC 7523 §2.2) with a single-use assertion."""
-    if _field(form, "client_assertion_type") != JWT_BEARER:
+async def authenticate_client(
+    rt: Runtime, form: FormData, now: datetime, *, endpoint: str = "/oauth/token"
+) -> Client:
+    """private_key_jwt (RFC 7523 §2.2) with a single-use assertion.
+
+    The assertion's ``aud`` is the issuer or the token endpoint; at another
+    endpoint (PAR, revocation) that endpoint's URL is accepted too (RFC 9126 §2:
+    the server "MUST accept its issuer identifier, token endpoint URL, or pushed
+    authorization request endpoint URL").
+    """
+    if form_field(form, "client_assertion_type") != JWT_BEARER:
         raise OAuthError("invalid_client", "private_key_jwt client authentication required", 401)
-    assertion = _field(form, "client_assertion")
+    assertion = form_field(form, "client_assertion")
     if assertion is None:
         raise OAuthError("invalid_client", "client_assertion missing", 401)
     client_id = unverified_client_id(assertion)
-    claimed = _field(form, "client_id")
+    claimed = form_field(form, "client_id")
     if claimed is not None and claimed != client_id:
         raise OAuthError("invalid_client", "client_id does not match the assertion", 401)
     client = rt.policy.clients.get(client_id)
     if client is None:
         raise OAuthError("invalid_client", "unknown client", 401)
-    audiences = {rt.settings.issuer, rt.url("/oauth/token")}
+    audiences = {rt.settings.issuer, rt.url("/oauth/token"), rt.url(endpoint)}
     keys = await rt.client_keys.keys(client)
     try:
         verified = verify_client_assertion(
@@ -134,7 +143,7 @@ async def token(request: Request) -> Response:
             expires_at=now + timedelta(seconds=dpop.DPOP_MAX_AGE_SECONDS + 60),
         ):
             raise OAuthError("invalid_dpop_proof", "DPoP proof jti already used")
-        grant_type = _field(form, "grant_type")
+        grant_type = form_field(form, "grant_type")
         if grant_type == "client_credentials":
             return await _audit_grant(rt, client, form, proof.jkt)
         if grant_type != "authorization_code":
@@ -160,7 +169,7 @@ async def _audit_grant(rt: Runtime, client: Client, form: FormData, jkt: str) ->
     """client_credentials with scope audit:read, for clients whose role is auditor."""
     if client.role != "auditor":
         raise OAuthError("unauthorized_client", "only auditors may use client_credentials")
-    scope = (_field(form, "scope") or "").split()
+    scope = (form_field(form, "scope") or "").split()
     if scope != [AUDIT_SCOPE]:
         raise OAuthError("invalid_scope", f"scope must be {AUDIT_SCOPE}")
     lifetime = rt.settings.token_lifetime_seconds
@@ -201,9 +210,9 @@ def _pkce_ok(verifier: str, challenge: str) -> bool:
 
 
 async def _code_grant(rt: Runtime, client: Client, form: FormData, jkt: str) -> Response:
-    code = _field(form, "code")
-    verifier = _field(form, "code_verifier")
-    redirect_uri = _field(form, "redirect_uri")
+    code = form_field(form, "code")
+    verifier = form_field(form, "code_verifier")
+    redirect_uri = form_field(form, "redirect_uri")
     if code is None or verifier is None or redirect_uri is None:
         raise OAuthError("invalid_request", "code, code_verifier and redirect_uri are required")
     code_hash = hashlib.sha256(code.encode()).hexdigest()

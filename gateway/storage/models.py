@@ -130,6 +130,19 @@ authorization_codes = Table(
     Column("used_at", UtcDateTime, nullable=True),
 )
 
+# Pushed authorization requests (RFC 9126): the request_uri is stored only as
+# its SHA-256; ``used_at`` makes it single-use (a guarded UPDATE, across processes).
+pushed_requests = Table(
+    "pushed_requests",
+    metadata,
+    Column("request_uri_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("params", Text, nullable=False),  # JSON object of the validated parameters
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime, nullable=True),
+    Index("ix_pushed_requests_expires", "expires_at"),
+)
+
 # Single-use identifiers (DPoP proof jti, client assertion jti): the primary
 # key makes the database refuse a second use, across processes.
 used_jtis = Table(

@@ -226,6 +226,11 @@ _FR: Final[dict[str, str]] = {
         "Le service a demandé à vous renvoyer vers une adresse qu’il n’a pas déclarée. "
         "Par sécurité, la demande est arrêtée et aucune donnée n’a été transmise."
     ),
+    "person_error.request_uri.title": "Demande expirée ou déjà utilisée",
+    "person_error.request_uri.detail": (
+        "Le lien qui vous a amené ici a déjà servi, a expiré ou ne vient pas de ce service. "
+        "Aucune donnée n’a été transmise. Revenez sur le site du service et recommencez."
+    ),
     "person_error.page_not_found.title": "Page introuvable",
     "person_error.page_not_found.detail": "Cette page n’existe pas ou n’est plus disponible.",
     "person_error.identity_provider_unavailable.title": "Connexion impossible pour le moment",
@@ -416,6 +421,11 @@ _EN: Final[dict[str, str]] = {
     "person_error.redirect_uri.detail": (
         "The service asked to send you back to an address it has not declared. For your "
         "safety the request was stopped and no data was shared."
+    ),
+    "person_error.request_uri.title": "Request expired or already used",
+    "person_error.request_uri.detail": (
+        "The link that brought you here was already used, has expired or does not come from "
+        "this service. No data was shared. Go back to the service's website and start again."
     ),
     "person_error.page_not_found.title": "Page not found",
     "person_error.page_not_found.detail": "This page does not exist or is no longer available.",
