@@ -7,12 +7,13 @@ so existing transparency-log tooling can prove inclusion of our entries.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 import rfc8785
+
+from gateway.trail.merkle import leaf_hash as merkle_leaf_hash
 
 ENTRY_PREFIX = b"gateway-trail/v1\n"
 
@@ -44,5 +45,5 @@ def encode_entry(event: Mapping[str, Any]) -> bytes:
     return ENTRY_PREFIX + rfc8785.dumps(dict(event))
 
 
-def leaf_hash(entry: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + entry).digest()
+# The leaf hash of an entry is RFC 6962's, defined once in the Merkle module.
+leaf_hash = merkle_leaf_hash
