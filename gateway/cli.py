@@ -239,13 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    db = sub.add_parser("db", help="database schema")
+    db = sub.add_parser("db", help="database schema: db upgrade")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
         func=cmd_db_upgrade
     )
 
-    keys = sub.add_parser("keys", help="key material in GATEWAY_DATA_DIR/keys")
+    keys = sub.add_parser("keys", help="key material: keys generate | keys list")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     keys_sub.add_parser("generate", help="create missing keys and list them").set_defaults(
         func=cmd_keys_generate
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="list keys and the trail verifier key, creating nothing"
     ).set_defaults(func=cmd_keys_list)
 
-    trail = sub.add_parser("trail", help="verify and watch the tamper-evident trail")
+    trail = sub.add_parser("trail", help="the tamper-evident trail: trail verify | trail watch")
     trail_sub = trail.add_subparsers(dest="trail_command", metavar="ACTION", required=True)
     verify = trail_sub.add_parser(
         "verify", help="check an export offline against a signed checkpoint"
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=int, help="stop after this many checks (default: never)")
     watch.set_defaults(func=cmd_trail_watch)
 
-    receipt = sub.add_parser("receipt", help="consent receipts")
+    receipt = sub.add_parser("receipt", help="consent receipts: receipt verify")
     receipt_sub = receipt.add_subparsers(dest="receipt_command", metavar="ACTION", required=True)
     rverify = receipt_sub.add_parser(
         "verify", help="check a consent receipt offline against the gateway's published keys"
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     rverify.add_argument("--issuer", help="fetch both from this gateway instead (online)")
     rverify.set_defaults(func=cmd_receipt_verify)
 
-    subject = sub.add_parser("subject", help="operator actions on a person's pseudonym")
+    subject = sub.add_parser("subject", help="a person's pseudonym: subject erase")
     subject_sub = subject.add_subparsers(dest="subject_command", metavar="ACTION", required=True)
     erase = subject_sub.add_parser(
         "erase", help="delete a person's trail secret: their entries become unlinkable"
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--pseudonym", required=True, help="the person's trail pseudonym")
     erase.set_defaults(func=cmd_subject_erase)
 
-    policy = sub.add_parser("policy", help="policy files")
+    policy = sub.add_parser("policy", help="policy files: policy check")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     check = policy_sub.add_parser(
         "check", help="validate policies and print who may receive what, for which purpose"
