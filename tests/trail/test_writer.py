@@ -265,7 +265,8 @@ async def test_units_are_grouped_into_batches(engine: AsyncEngine) -> None:
         await asyncio.gather(*(writer.run(unit(f"g{i}")) for i in range(20)))
     finally:
         await writer.stop()
-    assert 1 <= writer.batches_written < 20
+    # Twenty units arriving together while the writer lingers share batches.
+    assert writer.batches_written in range(1, 20)
     # max_batch caps a batch: the units of one batch share its clock reading.
     ticks = itertools.count()
     base = datetime(2026, 11, 29, tzinfo=UTC)
