@@ -156,7 +156,7 @@ def stored_hashes(start: int, count: int, known: dict[int, bytes]) -> list[tuple
 async def fill(engine: Any, url: str, database: str, start: int, end: int) -> None:
     """Grow the stored tree from ``start`` to ``end`` leaves by bulk insert."""
     from gateway.trail import merkle
-    from gateway.trail.writer import read_hashes
+    from gateway.trail.tree import read_hashes
 
     chunk = 100_000
     for first in range(start, end, chunk):

@@ -33,7 +33,8 @@ from gateway.storage.models import trail_entries
 from gateway.tokens import AUDIT_SCOPE, AuditToken, verify_audit_token, verify_consent_token
 from gateway.trail import EventType, TrailEvent
 from gateway.trail import tree as trail_tree
-from gateway.trail.writer import Tx, tree_size
+from gateway.trail.tree import tree_size
+from gateway.trail.writer import Tx
 
 EVENTS_PAGE_MAX = 1000
 EXPORT_CHUNK = 1000

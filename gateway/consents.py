@@ -24,13 +24,12 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.policy.decision import AuthorizationDetail
 from gateway.storage.models import consent_allowances, consents, subjects
 from gateway.subjects import trail_pseudonym
 from gateway.trail import EventType, TrailEvent
-from gateway.trail.writer import Tx
+from gateway.trail.writer import Conn, Tx
 
 
 class ConsentState(StrEnum):
@@ -114,7 +113,7 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-async def pseudonym_of(conn: AsyncConnection, subject_id: str | None) -> str | None:
+async def pseudonym_of(conn: Conn, subject_id: str | None) -> str | None:
     """The trail pseudonym of a subject (None when there is no subject yet)."""
     if subject_id is None:
         return None
@@ -124,7 +123,7 @@ async def pseudonym_of(conn: AsyncConnection, subject_id: str | None) -> str | N
     return trail_pseudonym(bytes(row.trail_secret) if row and row.trail_secret else None)
 
 
-async def ensure_subject(conn: AsyncConnection, lookup: str, now: datetime) -> str:
+async def ensure_subject(conn: Conn, lookup: str, now: datetime) -> str:
     """The subject id for a lookup value, created on first login."""
     row = (await conn.execute(select(subjects.c.id).where(subjects.c.lookup == lookup))).first()
     if row is not None:
@@ -153,7 +152,7 @@ class ConsentStore:
     def __init__(self, on_end: OnEnd | None = None) -> None:
         self.on_end = on_end
 
-    async def get(self, conn: AsyncConnection, consent_id: str) -> Consent | None:
+    async def get(self, conn: Conn, consent_id: str) -> Consent | None:
         row = (await conn.execute(select(consents).where(consents.c.id == consent_id))).first()
         if row is None:
             return None
@@ -184,7 +183,7 @@ class ConsentStore:
             granted_index=row.granted_index,
         )
 
-    async def for_subject(self, conn: AsyncConnection, subject_id: str) -> list[Consent]:
+    async def for_subject(self, conn: Conn, subject_id: str) -> list[Consent]:
         ids = await conn.execute(
             select(consents.c.id)
             .where(consents.c.subject_id == subject_id)
@@ -358,9 +357,7 @@ class ConsentStore:
         )
         return True
 
-    async def consume(
-        self, conn: AsyncConnection, consent_id: str, provider: str, now: datetime
-    ) -> bool:
+    async def consume(self, conn: Conn, consent_id: str, provider: str, now: datetime) -> bool:
         """Take one transfer from the consent's allowance for ``provider``, if any is left.
 
         The guard re-checks state and expiry in the same statement, so a
@@ -385,7 +382,7 @@ class ConsentStore:
         )
         return done.rowcount == 1
 
-    async def give_back(self, conn: AsyncConnection, consent_id: str, provider: str) -> None:
+    async def give_back(self, conn: Conn, consent_id: str, provider: str) -> None:
         """Return a use taken by a transfer whose provider delivered nothing."""
         await conn.execute(
             update(consent_allowances)

@@ -13,9 +13,10 @@ from sqlalchemy import delete, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage.models import used_jtis
+from gateway.trail.writer import Conn
 
 
 def _key(kind: str, issuer: str, jti: str) -> str:
@@ -37,7 +38,7 @@ async def use_once(
 
 
 async def use_once_in(
-    conn: AsyncConnection, *, kind: str, issuer: str, jti: str, expires_at: datetime
+    conn: Conn, *, kind: str, issuer: str, jti: str, expires_at: datetime
 ) -> bool:
     """Record a jti inside the caller's transaction; False on a replay.
 

@@ -1,10 +1,17 @@
-"""The async engine: SQLite (aiosqlite, WAL) embedded, or PostgreSQL (asyncpg)."""
+"""The engines: SQLite (WAL) embedded, or PostgreSQL.
+
+Request handlers read through the async engine (aiosqlite or asyncpg). The
+trail writer runs its batches in a thread of its own on a synchronous
+connection (pysqlite or psycopg, :func:`create_writer_engine`): a batch is one
+hop to that thread instead of a thread hop and a greenlet switch per statement.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -49,8 +56,27 @@ def create_engine(raw_url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
+_WRITER_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite+pysqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+}
+
+
+def create_writer_engine(url: URL) -> Engine:
+    """A synchronous engine on the same database, for the trail writer's one connection.
+
+    ``url`` is the async engine's (credentials included); the writer keeps one
+    connection open for its whole life, so the pool holds exactly one.
+    """
+    sync_url = url.set(drivername=_WRITER_DRIVERS[url.drivername])
+    engine = create_sync_engine(sync_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    if sync_url.drivername.startswith("sqlite"):
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -12,15 +12,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import gateway.trail.merkle as merkle
-from gateway.storage.models import checkpoints
+from gateway.storage.models import checkpoints, trail_entries, trail_hashes
 from gateway.trail.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from gateway.trail.note import Signer, Verifier
-from gateway.trail.writer import read_hashes, tree_size
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +28,23 @@ Read = Callable[[Sequence[int]], Sequence[bytes]]
 
 class TreeError(Exception):
     """Storage does not hold what the tree needs (a gap, or a fork)."""
+
+
+async def tree_size(conn: AsyncConnection) -> int:
+    """Entries in the log, from storage (max index + 1)."""
+    value = (
+        await conn.execute(select(func.coalesce(func.max(trail_entries.c.idx) + 1, 0)))
+    ).scalar_one()
+    return int(value)
+
+
+async def read_hashes(conn: AsyncConnection, indexes: Sequence[int]) -> dict[int, bytes]:
+    if not indexes:
+        return {}
+    rows = await conn.execute(
+        select(trail_hashes.c.idx, trail_hashes.c.hash).where(trail_hashes.c.idx.in_(list(indexes)))
+    )
+    return {int(r.idx): bytes(r.hash) for r in rows}
 
 
 async def _hashes(conn: AsyncConnection, indexes: Sequence[int]) -> Read:

@@ -1,15 +1,25 @@
 """Group commit: many handlers' units of work, one transaction, one durable batch.
 
 A handler describes what it changes as a *unit of work*: an async function that
-gets a :class:`Tx` (the shared connection, the batch's clock, and ``record`` to
-append trail events) and returns a value. :meth:`TrailWriter.run` queues the
-unit and waits. The writer task takes everything queued, opens one transaction
-(SQLite ``BEGIN IMMEDIATE``; on PostgreSQL a transaction-scoped advisory lock,
-held per batch and not per entry), runs each unit inside its own SAVEPOINT —
-a unit that raises is rolled back alone and its caller gets the exception —
-appends the Merkle hashes of the batch's new leaves, commits, and only then
-releases every waiting handler. If the commit fails, every unit of the batch
-fails: no handler continues believing its entry is durable.
+gets a :class:`Tx` (the batch's connection, its clock, and ``record`` to append
+trail events) and returns a value. :meth:`TrailWriter.run` queues the unit and
+waits. The writer takes everything queued and hands it, in one hop, to its own
+thread, which holds one synchronous connection for the writer's whole life
+(pysqlite or psycopg). There, one transaction (SQLite ``BEGIN IMMEDIATE``; on
+PostgreSQL a transaction-scoped advisory lock, held per batch and not per
+entry) runs each unit inside its own SAVEPOINT — a unit that raises is rolled
+back alone and its caller gets the exception — inserts the batch's entries and
+the Merkle hashes of its new leaves, commits, and only then releases every
+waiting handler. If the commit fails, every unit of the batch fails: no
+handler continues believing its entry is durable.
+
+Units are coroutines so that they share helpers with the async read path,
+but in the writer's thread every ``await`` on :class:`UnitConnection` or
+``tx.record`` completes at once: the writer drives each unit with a single
+``send`` and refuses one that really waits (for the network, a sleep, a lock),
+since it would hold the database's write lock meanwhile. Hot units use
+``tx.sql`` (plain SQL, :mod:`gateway.storage.sql`); the others SQLAlchemy Core
+through ``tx.conn``.
 
 The next index and the tree are read from storage inside the locked
 transaction, never from a counter in memory, so several processes on one
@@ -23,18 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Connection, Dialect, Engine, Executable
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import gateway.trail.merkle as merkle
-from gateway.storage.engine import write_first
-from gateway.storage.models import trail_entries, trail_hashes
+from gateway.storage.engine import IMMEDIATE_OPTION, create_writer_engine
+from gateway.storage.sql import Sql
 from gateway.trail.entry import encode_entry
 from gateway.trail.store import Trail, TrailEvent
 
@@ -46,11 +58,31 @@ T = TypeVar("T")
 PG_TRAIL_LOCK = 0x7472_6169  # "trai"
 
 
-class Tx:
-    """What a unit of work may use: the shared connection and ``record``."""
+class UnitConnection:
+    """``tx.conn``: the writer's SQLAlchemy connection behind an awaitable face.
 
-    def __init__(self, conn: AsyncConnection, now: datetime, batch: _Batch) -> None:
+    Offers what units use of an ``AsyncConnection`` (``execute``, ``dialect``),
+    so a helper written for the async read path also runs inside a unit.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.sync_connection = conn
+        self.dialect: Dialect = conn.dialect
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        return self.sync_connection.execute(statement, parameters)
+
+
+# What a helper shared by reads and units of work accepts.
+Conn = AsyncConnection | UnitConnection
+
+
+class Tx:
+    """What a unit of work may use: the batch's connection, clock and ``record``."""
+
+    def __init__(self, conn: UnitConnection, sql: Sql, now: datetime, batch: _Batch) -> None:
         self.conn = conn
+        self.sql = sql
         self.now = now
         self._batch = batch
 
@@ -62,6 +94,23 @@ class Tx:
 Work = Callable[[Tx], Awaitable[T]]
 
 
+class UnitWaited(RuntimeError):
+    """A unit of work awaited something other than its transaction."""
+
+
+def _drive(unit: Awaitable[T]) -> T:
+    """Run a unit whose awaits all complete at once (see the module docstring)."""
+    coro = unit if isinstance(unit, Coroutine) else None
+    if coro is None:
+        raise TypeError("a unit of work must be a coroutine")
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise UnitWaited("a unit of work may only await its transaction (tx.conn, tx.record)")
+
+
 @dataclass
 class _Item:
     work: Work[Any]
@@ -71,6 +120,7 @@ class _Item:
 @dataclass
 class _Batch:
     trail: Trail
+    sql: Sql
     start: int  # tree size when the batch began
     leaves: list[bytes] = field(default_factory=list)  # leaf hashes, in index order
     # Entry rows, inserted once for the whole batch (one executemany) before the
@@ -86,62 +136,75 @@ class _Batch:
         return self.start + len(self.leaves)
 
     def append(self, events: Sequence[TrailEvent], now: datetime) -> list[int]:
-        rows: list[dict[str, Any]] = []
+        indexes: list[int] = []
+        stored_now = self.sql.time(now)
         for event in events:
             entry = encode_entry(self.trail.event_object(event, now=now))
             index = self.next_index
             leaf = merkle.leaf_hash(entry)
             self.leaves.append(leaf)
-            rows.append(
+            self.rows.append(
                 {
                     "idx": index,
                     "entry": entry,
                     "leaf_hash": leaf,
                     "type": str(event.type),
-                    "time": now,
+                    "time": stored_now,
                     "client_id": event.client_id,
                     "consent_id": event.consent_id,
                     "transfer_id": event.transfer_id,
                     "provider": event.provider,
                 }
             )
-        self.rows.extend(rows)
-        return [int(r["idx"]) for r in rows]
+            indexes.append(index)
+        return indexes
 
-    async def flush(self, conn: AsyncConnection) -> None:
-        if self.rows:
-            await conn.execute(insert(trail_entries), self.rows)
+    def flush(self) -> None:
+        self.sql.many(
+            "INSERT INTO trail_entries"
+            " (idx, entry, leaf_hash, type, time, client_id, consent_id, transfer_id, provider)"
+            " VALUES (:idx, :entry, :leaf_hash, :type, :time, :client_id, :consent_id,"
+            " :transfer_id, :provider)",
+            self.rows,
+        )
 
 
-async def tree_size(conn: AsyncConnection) -> int:
+def tree_size(sql: Sql) -> int:
     """Entries in the log, from storage (max index + 1)."""
-    value = (
-        await conn.execute(select(func.coalesce(func.max(trail_entries.c.idx) + 1, 0)))
-    ).scalar_one()
-    return int(value)
+    row = sql.one("SELECT coalesce(max(idx) + 1, 0) FROM trail_entries")
+    return int(row[0]) if row is not None else 0
 
 
-async def read_hashes(conn: AsyncConnection, indexes: Sequence[int]) -> dict[int, bytes]:
+def read_hashes(sql: Sql, indexes: Sequence[int]) -> dict[int, bytes]:
+    """Stored hashes by stored-hash index, in one query."""
     if not indexes:
         return {}
-    rows = await conn.execute(
-        select(trail_hashes.c.idx, trail_hashes.c.hash).where(trail_hashes.c.idx.in_(list(indexes)))
-    )
-    return {int(r.idx): bytes(r.hash) for r in rows}
+    placeholders, params = Sql.in_list("i", sorted(set(indexes)))
+    rows = sql.all(f"SELECT idx, hash FROM trail_hashes WHERE idx IN {placeholders}", params)  # noqa: S608 (placeholders only)
+    return {int(i): bytes(h) for i, h in rows}
 
 
-async def _store_hashes(conn: AsyncConnection, start: int, leaves: Sequence[bytes]) -> None:
+def _store_hashes(sql: Sql, start: int, leaves: Sequence[bytes]) -> None:
     """Append the stored hashes (Go tlog layout) for leaves ``start .. start+len-1``."""
     if not leaves:
         return
-    known: dict[int, bytes] = {}
     needed = merkle.hashes_to_store_indexes(start, len(leaves))
-    known.update(await read_hashes(conn, needed))
+    known = read_hashes(sql, needed)
     missing = set(needed) - set(known)
     if missing:
         raise RuntimeError(f"trail hashes missing from storage: {sorted(missing)[:5]}")
     new = merkle.hashes_to_store(start, leaves, lambda idx: [known[i] for i in idx])
-    await conn.execute(insert(trail_hashes), [{"idx": i, "hash": h} for i, h in new])
+    sql.many(
+        "INSERT INTO trail_hashes (idx, hash) VALUES (:idx, :hash)",
+        [{"idx": i, "hash": h} for i, h in new],
+    )
+
+
+@dataclass
+class _Outcome:
+    item: _Item
+    ok: bool
+    value: Any
 
 
 class TrailWriter:
@@ -156,17 +219,23 @@ class TrailWriter:
         max_batch: int = 256,
         linger_seconds: float = 0.0,
     ) -> None:
-        self.engine = write_first(engine)
+        self._url = engine.url
         self.trail = trail
         self.clock = clock
         self.max_batch = max_batch
         self.linger_seconds = linger_seconds
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        # Touched only in the writer's thread:
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
         self.batches_written = 0
 
     def start(self) -> None:
         if self._task is None:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="trail-writer")
             self._task = asyncio.create_task(self._loop(), name="trail-writer")
 
     async def stop(self) -> None:
@@ -179,12 +248,16 @@ class TrailWriter:
             item = self._queue.get_nowait()
             if not item.future.done():
                 item.future.set_exception(RuntimeError("trail writer stopped"))
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     async def run(self, work: Work[T]) -> T:
         """Run ``work`` in the next batch; return once its batch is committed."""
         self.start()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(work, future))
+        self._queue.put_nowait(_Item(work, future))
         return await future
 
     async def _loop(self) -> None:
@@ -198,50 +271,105 @@ class TrailWriter:
                     items.append(self._queue.get_nowait())
                 await self._write(items)
             except asyncio.CancelledError:
-                # Stopped while holding units (lingering, or mid-batch: the
-                # transaction is rolled back): their callers must not wait forever.
+                # Stopped while holding units (lingering, or waiting for the
+                # thread, whose batch then commits or not on its own): their
+                # callers must not wait forever.
                 for item in items:
                     if not item.future.done():
                         item.future.set_exception(RuntimeError("trail writer stopped"))
                 raise
 
     async def _write(self, items: list[_Item]) -> None:
-        results: list[tuple[_Item, bool, Any]] = []
+        live = [item for item in items if not item.future.cancelled()]
+        if not live:
+            return
+        assert self._thread is not None
+        batch_run = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._write_batch, live
+        )
         try:
-            async with self.engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_TRAIL_LOCK}
-                    )
-                batch = _Batch(self.trail, start=await tree_size(conn))
-                now = self.clock()
-                for item in items:
-                    if item.future.cancelled():
-                        continue
-                    mark = len(batch.leaves)
-                    savepoint = await conn.begin_nested()
-                    try:
-                        value = await item.work(Tx(conn, now, batch))
-                    except Exception as exc:  # the unit fails alone
-                        await savepoint.rollback()
-                        batch.forget_from(mark)
-                        results.append((item, False, exc))
-                    else:
-                        await savepoint.commit()
-                        results.append((item, True, value))
-                await batch.flush(conn)
-                await _store_hashes(conn, batch.start, batch.leaves)
+            outcomes = await asyncio.shield(batch_run)
+        except asyncio.CancelledError:
+            # Let the batch finish so its callers learn what really happened.
+            with contextlib.suppress(Exception):
+                self._settle(await batch_run)
+            raise
         except Exception as exc:
-            log.exception("trail.batch_failed", units=len(items))
-            for item in items:
+            for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        self._settle(outcomes)
+
+    def _settle(self, outcomes: list[_Outcome]) -> None:
         self.batches_written += 1
-        for item, ok, value in results:
-            if item.future.done():
+        for outcome in outcomes:
+            future = outcome.item.future
+            if future.done():
                 continue
-            if ok:
-                item.future.set_result(value)
+            if outcome.ok:
+                future.set_result(outcome.value)
             else:
-                item.future.set_exception(value)
+                future.set_exception(outcome.value)
+
+    # ----------------------------------------------------------- in the writer's thread
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            if self._engine is None:
+                # preserve_rowcount: psycopg forgets an INSERT's row count when
+                # SQLAlchemy closes its cursor, and units read it (ON CONFLICT DO NOTHING).
+                self._engine = create_writer_engine(self._url).execution_options(
+                    preserve_rowcount=True, **{IMMEDIATE_OPTION: True}
+                )
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _write_batch(self, items: list[_Item]) -> list[_Outcome]:
+        conn = self._connection()
+        try:
+            return self._transaction(conn, items)
+        except Exception:
+            log.exception("trail.batch_failed", units=len(items))
+            # Whatever state the connection is in, the next batch starts afresh.
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+            raise
+
+    def _transaction(self, conn: Connection, items: list[_Item]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        with conn.begin():
+            sql = Sql(conn.connection.dbapi_connection, conn.dialect.name)
+            if sql.dialect == "postgresql":
+                sql.run("SELECT pg_advisory_xact_lock(:k)", {"k": PG_TRAIL_LOCK})
+            batch = _Batch(self.trail, sql, start=tree_size(sql))
+            now = self.clock()
+            unit_conn = UnitConnection(conn)
+            for item in items:
+                mark = len(batch.leaves)
+                sql.run("SAVEPOINT unit")
+                try:
+                    value = _drive(item.work(Tx(unit_conn, sql, now, batch)))
+                except Exception as exc:  # the unit fails alone
+                    sql.run("ROLLBACK TO SAVEPOINT unit")
+                    sql.run("RELEASE SAVEPOINT unit")
+                    batch.forget_from(mark)
+                    outcomes.append(_Outcome(item, False, exc))
+                else:
+                    sql.run("RELEASE SAVEPOINT unit")
+                    outcomes.append(_Outcome(item, True, value))
+            batch.flush()
+            _store_hashes(sql, batch.start, batch.leaves)
+        return outcomes

@@ -49,7 +49,7 @@ from tests.conftest import ISSUER, PG_URL, REPO, RoutingTransport
 from tests.trail.test_writer import check_log, fresh_database
 
 CHILD = r'''
-import asyncio, json, sys
+import asyncio, json, sys, time
 from pathlib import Path
 
 import httpx
@@ -126,9 +126,10 @@ async def main():
 
             rt.writer._write = gated
         else:
-            async def stalled(conn, start, leaves):
-                (work / "batch-started").touch()  # the batch's rows are inserted, uncommitted
-                await asyncio.sleep(3600)
+            def stalled(sql, start, leaves):
+                # In the writer's thread: the batch's rows are inserted, uncommitted.
+                (work / "batch-started").touch()
+                time.sleep(3600)
 
             writer_module._store_hashes = stalled
         second = await sp.fetch("cnaf", "quotient_familial", grant.access_token, params=PARAMS)

@@ -37,7 +37,7 @@ from gateway.trail import EventType, Trail, TrailEvent, encode_entry
 from gateway.trail import tree as trail_tree
 from gateway.trail.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from gateway.trail.note import Signer, Verifier
-from gateway.trail.tree import Checkpointer, TreeError
+from gateway.trail.tree import Checkpointer, TreeError, tree_size
 from gateway.trail.verify import (
     Alarm,
     RootBuilder,
@@ -47,7 +47,7 @@ from gateway.trail.verify import (
     verify_export,
     watch_once,
 )
-from gateway.trail.writer import TrailWriter, Tx, tree_size
+from gateway.trail.writer import TrailWriter, Tx
 from tests.trail.test_writer import check_log, fresh_database, reference_stored_hashes
 
 DIGEST = "sha256:" + "ef" * 32

@@ -24,6 +24,7 @@ import gateway.trail.writer as writer_module
 from gateway.settings import Settings
 from gateway.storage.engine import create_engine
 from gateway.storage.models import trail_hashes, used_jtis
+from gateway.storage.sql import Sql
 from gateway.trail import EventType, Trail, TrailEvent
 from gateway.trail.store import StoredEntry
 from gateway.trail.tree import root_at
@@ -229,13 +230,11 @@ async def test_a_failed_commit_fails_every_unit_of_the_batch(
     real = writer_module._store_hashes
     failures = iter([RuntimeError("disk full")])
 
-    async def store_hashes_failing_once(
-        conn: AsyncConnection, start: int, leaves: Sequence[bytes]
-    ) -> None:
+    def store_hashes_failing_once(sql: Sql, start: int, leaves: Sequence[bytes]) -> None:
         failure = next(failures, None)
         if failure is not None:
             raise failure
-        await real(conn, start, leaves)
+        real(sql, start, leaves)
 
     try:
         assert await writer.run(unit("before", 3)) == [0, 1, 2]

@@ -1,0 +1,114 @@
+"""Plain SQL on a DB-API connection, for the statements every transfer runs.
+
+SQLAlchemy Core costs about 100 µs of CPU per statement here (statement
+coercion, cache key, execution context, result set-up), the driver alone
+15–40 µs (bench/README.md). The trail writer's batches and the transfer path's
+units of work run a handful of fixed statements per request, so they use
+:class:`Sql`: hand-written SQL with ``:name`` parameters, executed on the raw
+connection beneath the writer's SQLAlchemy connection (same transaction).
+Everything else keeps SQLAlchemy Core, whose cost is irrelevant there.
+
+The two engines differ in three things, all handled here:
+
+- parameters: sqlite3 takes ``:name`` as written; psycopg wants ``%(name)s``
+  (converted once per statement text, then cached);
+- times: the schema stores naive UTC (``UtcDateTime``); on SQLite that is the
+  text SQLAlchemy writes (``YYYY-MM-DD HH:MM:SS.ffffff``, which also sorts and
+  compares correctly), on PostgreSQL a ``timestamp`` — :meth:`Sql.time` and
+  :meth:`Sql.read_time` convert both ways, so rows written here read back
+  through SQLAlchemy and the other way round;
+- ``INSERT ... ON CONFLICT DO NOTHING`` and ``RETURNING`` are spelled the same
+  on both (SQLite ≥ 3.35), so statements need no per-engine text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+Params = Mapping[str, Any]
+Row = tuple[Any, ...]
+
+
+class Sql:
+    """Statements with ``:name`` parameters on one DB-API connection."""
+
+    def __init__(self, dbapi_connection: Any, dialect: str) -> None:
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported dialect {dialect!r}")
+        self._conn = dbapi_connection
+        self.dialect = dialect
+        self._texts: dict[str, str] = {}
+
+    def _text(self, sql: str) -> str:
+        if self.dialect == "sqlite":
+            return sql
+        converted = self._texts.get(sql)
+        if converted is None:
+            # psycopg's pyformat: a literal % must be doubled first.
+            converted = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+            self._texts[sql] = converted
+        return converted
+
+    def run(self, sql: str, params: Params | None = None) -> int:
+        """Execute one statement; return the number of rows it changed."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(self._text(sql), params or {})
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def one(self, sql: str, params: Params | None = None) -> Row | None:
+        """The first row of a query (or of ``RETURNING``), or None."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(self._text(sql), params or {})
+            row = cursor.fetchone()
+            return tuple(row) if row is not None else None
+        finally:
+            cursor.close()
+
+    def all(self, sql: str, params: Params | None = None) -> list[Row]:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(self._text(sql), params or {})
+            return [tuple(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def many(self, sql: str, rows: Sequence[Params]) -> None:
+        """One statement for many parameter sets (a batch's inserts)."""
+        if not rows:
+            return
+        cursor = self._conn.cursor()
+        try:
+            cursor.executemany(self._text(sql), rows)
+        finally:
+            cursor.close()
+
+    def time(self, value: datetime) -> Any:
+        """A UTC datetime as the ``UtcDateTime`` columns store it."""
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        return naive.strftime(_SQLITE_TIME) if self.dialect == "sqlite" else naive
+
+    def read_time(self, value: Any) -> datetime:
+        """The inverse of :meth:`time`, for a value read back from a row."""
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            raise TypeError(f"not a stored time: {type(value).__name__}")
+        return value.replace(tzinfo=UTC)
+
+    @staticmethod
+    def in_list(name: str, values: Iterable[Any]) -> tuple[str, dict[str, Any]]:
+        """``(:name_0, :name_1, ...)`` and its parameters, for ``IN``."""
+        params = {f"{name}_{i}": v for i, v in enumerate(values)}
+        return "(" + ", ".join(f":{k}" for k in params) + ")", params
