@@ -17,16 +17,17 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import insert, select, update
 
 from gateway.policy.decision import AuthorizationDetail
 from gateway.storage.models import consent_allowances, consents, subjects
+from gateway.storage.sql import Sql
 from gateway.subjects import trail_pseudonym
 from gateway.trail import EventType, TrailEvent
 from gateway.trail.writer import Conn, Tx
@@ -109,6 +110,56 @@ def _details_from_json(raw: str) -> tuple[AuthorizationDetail, ...]:
     )
 
 
+_CONSENT_COLUMNS = (
+    "id",
+    "client_id",
+    "purpose",
+    "authorization_details",
+    "redirect_uri",
+    "client_state",
+    "code_challenge",
+    "browser_binding",
+    "state",
+    "subject_id",
+    "acr",
+    "claims",
+    "created_at",
+    "decided_at",
+    "expires_at",
+    "ended_at",
+    "end_reason",
+    "granted_index",
+)
+_CONSENT_COLUMNS_SQL = ", ".join(f"c.{name}" for name in _CONSENT_COLUMNS)
+_TIME_COLUMNS = ("created_at", "decided_at", "expires_at", "ended_at")
+
+
+def _consent(row: Mapping[Any, Any], allowances: dict[str, Allowance]) -> Consent:
+    """A Consent from a ``consents`` row (SQLAlchemy mapping or lean dict, times aware)."""
+    claims = row["claims"]
+    return Consent(
+        id=row["id"],
+        client_id=row["client_id"],
+        purpose=row["purpose"],
+        details=_details_from_json(row["authorization_details"]),
+        redirect_uri=row["redirect_uri"],
+        client_state=row["client_state"],
+        code_challenge=row["code_challenge"],
+        browser_binding=row["browser_binding"],
+        state=ConsentState(row["state"]),
+        subject_id=row["subject_id"],
+        acr=row["acr"],
+        claims=bytes(claims) if claims is not None else None,
+        created_at=row["created_at"],
+        decided_at=row["decided_at"],
+        expires_at=row["expires_at"],
+        ended_at=row["ended_at"],
+        end_reason=row["end_reason"],
+        allowances=allowances,
+        granted_index=row["granted_index"],
+    )
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -121,6 +172,14 @@ async def pseudonym_of(conn: Conn, subject_id: str | None) -> str | None:
         await conn.execute(select(subjects.c.trail_secret).where(subjects.c.id == subject_id))
     ).first()
     return trail_pseudonym(bytes(row.trail_secret) if row and row.trail_secret else None)
+
+
+def subject_pseudonym(sql: Sql, subject_id: str | None) -> str | None:
+    """:func:`pseudonym_of` in a unit of work, as one lean statement."""
+    if subject_id is None:
+        return None
+    row = sql.one("SELECT trail_secret FROM subjects WHERE id = :id", {"id": subject_id})
+    return trail_pseudonym(bytes(row[0]) if row and row[0] is not None else None)
 
 
 async def ensure_subject(conn: Conn, lookup: str, now: datetime) -> str:
@@ -159,28 +218,43 @@ class ConsentStore:
         allowance_rows = await conn.execute(
             select(consent_allowances).where(consent_allowances.c.consent_id == consent_id)
         )
-        return Consent(
-            id=row.id,
-            client_id=row.client_id,
-            purpose=row.purpose,
-            details=_details_from_json(row.authorization_details),
-            redirect_uri=row.redirect_uri,
-            client_state=row.client_state,
-            code_challenge=row.code_challenge,
-            browser_binding=row.browser_binding,
-            state=ConsentState(row.state),
-            subject_id=row.subject_id,
-            acr=row.acr,
-            claims=bytes(row.claims) if row.claims is not None else None,
-            created_at=row.created_at,
-            decided_at=row.decided_at,
-            expires_at=row.expires_at,
-            ended_at=row.ended_at,
-            end_reason=row.end_reason,
-            allowances={
-                a.provider: Allowance(a.max_transfers, a.uses_left) for a in allowance_rows
-            },
-            granted_index=row.granted_index,
+        return _consent(
+            row._mapping,
+            {a.provider: Allowance(a.max_transfers, a.uses_left) for a in allowance_rows},
+        )
+
+    def read_for_transfer(
+        self, sql: Sql, consent_id: str
+    ) -> tuple[Consent, str | None, bytes | None] | None:
+        """The consent, its subject's lookup and trail secret: two lean statements.
+
+        What step (3) of the transfer path reads, inside the unit of work that
+        then consumes the use (so under the writer's lock).
+        """
+        row = sql.one(
+            f"SELECT {_CONSENT_COLUMNS_SQL}, s.lookup, s.trail_secret FROM consents c"  # noqa: S608 (column names only)
+            " LEFT JOIN subjects s ON s.id = c.subject_id WHERE c.id = :id",
+            {"id": consent_id},
+        )
+        if row is None:
+            return None
+        values = dict(zip(_CONSENT_COLUMNS, row, strict=False))
+        for name in _TIME_COLUMNS:
+            if values[name] is not None:
+                values[name] = sql.read_time(values[name])
+        allowances = {
+            provider: Allowance(int(most), int(left))
+            for provider, most, left in sql.all(
+                "SELECT provider, max_transfers, uses_left FROM consent_allowances"
+                " WHERE consent_id = :id",
+                {"id": consent_id},
+            )
+        }
+        lookup, secret = row[len(_CONSENT_COLUMNS)], row[len(_CONSENT_COLUMNS) + 1]
+        return (
+            _consent(values, allowances),
+            str(lookup) if lookup is not None else None,
+            bytes(secret) if secret is not None else None,
         )
 
     async def for_subject(self, conn: Conn, subject_id: str) -> list[Consent]:
@@ -335,12 +409,15 @@ class ConsentStore:
             ConsentState.EXPIRED: EventType.CONSENT_EXPIRED,
             ConsentState.EXHAUSTED: EventType.CONSENT_EXHAUSTED,
         }[to]
-        done = await conn.execute(
-            update(consents)
-            .where(consents.c.id == consent.id, consents.c.state.in_([str(s) for s in from_states]))
-            .values(state=to, claims=None, ended_at=now, end_reason=reason)
+        sql = tx.sql
+        states, state_params = Sql.in_list("from", [str(s) for s in from_states])
+        done = sql.run(
+            "UPDATE consents SET state = :to, claims = NULL, ended_at = :now, end_reason = :reason"  # noqa: S608 (placeholders only)
+            f" WHERE id = :id AND state IN {states}",
+            {"to": str(to), "now": sql.time(now), "reason": reason, "id": consent.id}
+            | state_params,
         )
-        if done.rowcount != 1:
+        if done != 1:
             return False
         if self.on_end is not None and consent.state == ConsentState.ACTIVE:
             await self.on_end(tx, consent, to, reason)
@@ -357,41 +434,32 @@ class ConsentStore:
         )
         return True
 
-    async def consume(self, conn: Conn, consent_id: str, provider: str, now: datetime) -> bool:
+    def consume(self, sql: Sql, consent_id: str, provider: str, now: datetime) -> bool:
         """Take one transfer from the consent's allowance for ``provider``, if any is left.
 
         The guard re-checks state and expiry in the same statement, so a
         revoke or an expiry committed before this runs always wins.
         """
-        active = exists().where(
-            consents.c.id == consent_id,
-            consents.c.state == ConsentState.ACTIVE,
-            consents.c.expires_at > now,
+        done = sql.run(
+            "UPDATE consent_allowances SET uses_left = uses_left - 1"
+            " WHERE consent_id = :id AND provider = :provider AND uses_left > 0"
+            " AND EXISTS (SELECT 1 FROM consents WHERE id = :id AND state = :active"
+            " AND expires_at > :now)",
+            {
+                "id": consent_id,
+                "provider": provider,
+                "active": str(ConsentState.ACTIVE),
+                "now": sql.time(now),
+            },
         )
-        done = await conn.execute(
-            update(consent_allowances)
-            .where(
-                and_(
-                    consent_allowances.c.consent_id == consent_id,
-                    consent_allowances.c.provider == provider,
-                    consent_allowances.c.uses_left > 0,
-                    active,
-                )
-            )
-            .values(uses_left=consent_allowances.c.uses_left - 1)
-        )
-        return done.rowcount == 1
+        return done == 1
 
-    async def give_back(self, conn: Conn, consent_id: str, provider: str) -> None:
+    def give_back(self, sql: Sql, consent_id: str, provider: str) -> None:
         """Return a use taken by a transfer whose provider delivered nothing."""
-        await conn.execute(
-            update(consent_allowances)
-            .where(
-                consent_allowances.c.consent_id == consent_id,
-                consent_allowances.c.provider == provider,
-                consent_allowances.c.uses_left < consent_allowances.c.max_transfers,
-            )
-            .values(uses_left=consent_allowances.c.uses_left + 1)
+        sql.run(
+            "UPDATE consent_allowances SET uses_left = uses_left + 1"
+            " WHERE consent_id = :id AND provider = :provider AND uses_left < max_transfers",
+            {"id": consent_id, "provider": provider},
         )
 
     async def close_if_used_up(
@@ -402,14 +470,11 @@ class ConsentStore:
         ``consent`` may have been read earlier (its terms never change); the
         uses left are read now, and ``end`` only moves it from ``active``.
         """
-        left = (
-            await tx.conn.execute(
-                select(func.coalesce(func.sum(consent_allowances.c.uses_left), 0)).where(
-                    consent_allowances.c.consent_id == consent.id
-                )
-            )
-        ).scalar_one()
-        if left > 0:
+        row = tx.sql.one(
+            "SELECT coalesce(sum(uses_left), 0) FROM consent_allowances WHERE consent_id = :id",
+            {"id": consent.id},
+        )
+        if row is not None and int(row[0]) > 0:
             return False
         return await self.end(
             tx,

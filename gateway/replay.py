@@ -10,13 +10,11 @@ import hashlib
 from datetime import datetime
 
 from sqlalchemy import delete, insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage.models import used_jtis
-from gateway.trail.writer import Conn
+from gateway.storage.sql import Sql
 
 
 def _key(kind: str, issuer: str, jti: str) -> str:
@@ -37,21 +35,19 @@ async def use_once(
     return True
 
 
-async def use_once_in(
-    conn: Conn, *, kind: str, issuer: str, jti: str, expires_at: datetime
-) -> bool:
-    """Record a jti inside the caller's transaction; False on a replay.
+def use_once_in(sql: Sql, *, kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
+    """Record a jti inside a unit of work's transaction; False on a replay.
 
     The transfer path uses this inside its group-committed unit of work, so a
     proof's jti costs no commit of its own. ``ON CONFLICT DO NOTHING`` (both
     engines) reports a replay by its row count, without an error to recover from.
     """
-    values = {"key": _key(kind, issuer, jti), "expires_at": expires_at}
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    done = await conn.execute(
-        dialect_insert(used_jtis).values(**values).on_conflict_do_nothing(index_elements=["key"])
+    inserted = sql.run(
+        "INSERT INTO used_jtis (key, expires_at) VALUES (:key, :expires_at)"
+        " ON CONFLICT (key) DO NOTHING",
+        {"key": _key(kind, issuer, jti), "expires_at": sql.time(expires_at)},
     )
-    return done.rowcount == 1
+    return inserted == 1
 
 
 async def prune(engine: AsyncEngine, now: datetime) -> None:

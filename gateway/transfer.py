@@ -9,7 +9,8 @@ Read :func:`transfer` top to bottom to audit the order of checks (DESIGN §3):
     (3) load the consent: same client, active, not expired, resource covered, uses left
     (4) policy decision: client may still ask this resource for this purpose,
         acr high enough, query parameters allowlisted
-    (5) consume one use + record ``transfer.authorized`` — one transaction, durable before (6)
+    (5) consume one use + record ``transfer.authorized`` — one transaction, durable before (6);
+        (3) to (5) run as one unit of work in the trail writer's thread, in plain SQL
     (6) relay to the provider's fixed URL with a gateway-signed assertion
     (7) minimise: keep only the fields the consented resource releases
     (8) record ``transfer.completed`` / ``transfer.failed``; end the consent once used up
@@ -29,10 +30,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
 
 from gateway import dpop, replay
-from gateway.consents import Consent, ConsentState, new_id, pseudonym_of
+from gateway.consents import Consent, ConsentState, new_id, subject_pseudonym
 from gateway.errors import (
     Forbidden,
     GatewayError,
@@ -46,7 +46,7 @@ from gateway.minimise import minimise
 from gateway.policy.decision import Deny, decide_transfer
 from gateway.policy.model import IDENTITY_CLAIMS, Provider, Resource
 from gateway.runtime import Runtime
-from gateway.storage.models import subjects, transfers
+from gateway.storage.sql import Sql
 from gateway.subjects import pairwise_subject, trail_pseudonym
 from gateway.tokens import ConsentToken, mint_provider_assertion, verify_consent_token
 from gateway.trail import EventType, TrailEvent
@@ -149,63 +149,56 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
     # costs no commit of its own; the database key makes it single-use.
     seen.proof = proof
 
-    # (3) the live consent
+    # (3)-(5) run as one unit of work in the trail writer's batch: the consent
+    # is read, checked and consumed under the writer's lock, together with
+    # the proof's jti and the transfer.authorized entry, durable before (6).
     seen.step = 3
     resource = rt.policy.resource(req.provider, req.resource)
     if resource is None:
         raise _Denied(3, NotFound("unknown_resource", "no such provider or resource"))
     provider = rt.policy.providers[req.provider]
-    async with rt.engine.connect() as conn:
-        consent = await rt.consents.get(conn, token.consent_id)
-    if consent is None or consent.client_id != token.client_id:
-        raise _Denied(3, Forbidden("consent_not_found", "the token's consent does not exist"))
-    seen.consent = consent
-    _check_consent(consent, provider, resource, now)
 
-    # (4) policy decision
-    seen.step = 4
-    decision = decide_transfer(
-        rt.policy,
-        client_id=consent.client_id,
-        purpose=consent.purpose,
-        provider=provider.id,
-        resource=resource.id,
-        acr=consent.acr,
-    )
-    if isinstance(decision, Deny):
-        raise _Denied(4, Forbidden(decision.code, decision.reason))
-    query = _check_query(resource, req.query)
+    async def authorize(tx: Tx) -> tuple[Consent, str | None, str, dict[str, str]]:
+        sql = tx.sql
+        # (3) the live consent
+        loaded = rt.consents.read_for_transfer(sql, token.consent_id)
+        if loaded is None or loaded[0].client_id != token.client_id:
+            raise _Denied(3, Forbidden("consent_not_found", "the token's consent does not exist"))
+        consent, lookup, secret = loaded
+        seen.consent = consent
+        _check_consent(consent, provider, resource, tx.now)
 
-    # (5) consume one use and record transfer.authorized, in one unit of work
-    seen.step = 5
+        # (4) policy decision
+        seen.step = 4
+        decision = decide_transfer(
+            rt.policy,
+            client_id=consent.client_id,
+            purpose=consent.purpose,
+            provider=provider.id,
+            resource=resource.id,
+            acr=consent.acr,
+        )
+        if isinstance(decision, Deny):
+            raise _Denied(4, Forbidden(decision.code, decision.reason))
+        query = _check_query(resource, req.query)
 
-    async def authorize(tx: Tx) -> tuple[str | None, str]:
-        conn = tx.conn
-        if not await _use_proof(tx, proof):
+        # (5) spend the proof, consume one use, record transfer.authorized
+        seen.step = 5
+        if not _use_proof(tx, proof):
             raise _Denied(2, _replayed())
-        if not await rt.consents.consume(conn, consent.id, provider.id, tx.now):
-            raise _Denied(5, _why_not_consumable(await rt.consents.get(conn, consent.id)))
-        person = (
-            await conn.execute(
-                select(subjects.c.lookup, subjects.c.trail_secret).where(
-                    subjects.c.id == consent.subject_id
-                )
-            )
-        ).one()
-        secret = bytes(person.trail_secret) if person.trail_secret is not None else None
+        if not rt.consents.consume(sql, consent.id, provider.id, tx.now):
+            now_read = rt.consents.read_for_transfer(sql, consent.id)
+            raise _Denied(5, _why_not_consumable(now_read[0] if now_read else None))
         subject = trail_pseudonym(secret)
-        await conn.execute(
-            insert(transfers).values(
-                id=seen.transfer_id,
-                consent_id=consent.id,
-                client_id=consent.client_id,
-                subject_id=consent.subject_id,
-                provider=provider.id,
-                resource=resource.id,
-                request_id=req.request_id,
-                state="authorized",
-                created_at=tx.now,
-            )
+        _insert_transfer(
+            sql,
+            transfer_id=seen.transfer_id,
+            consent=consent,
+            provider=provider.id,
+            resource=resource.id,
+            request_id=req.request_id,
+            state="authorized",
+            now=tx.now,
         )
         await tx.record(
             [
@@ -221,10 +214,11 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
                 )
             ]
         )
-        return subject, str(person.lookup)
+        assert lookup is not None  # an active consent has its subject
+        return consent, subject, lookup, query
 
     try:
-        subject, lookup = await rt.writer.run(authorize)
+        consent, subject, lookup, query = await rt.writer.run(authorize)
     except _Denied:
         raise
     except Exception:
@@ -298,13 +292,51 @@ def _replayed() -> Unauthenticated:
     return Unauthenticated("dpop_proof_replayed", "DPoP proof jti already used")
 
 
-async def _use_proof(tx: Tx, proof: dpop.DpopProof) -> bool:
-    return await replay.use_once_in(
-        tx.conn,
+def _use_proof(tx: Tx, proof: dpop.DpopProof) -> bool:
+    return replay.use_once_in(
+        tx.sql,
         kind="dpop",
         issuer=proof.jkt,
         jti=proof.jti,
         expires_at=tx.now + DPOP_JTI_RETENTION,
+    )
+
+
+def _insert_transfer(
+    sql: Sql,
+    *,
+    transfer_id: str,
+    consent: Consent,
+    provider: str,
+    resource: str,
+    request_id: str,
+    state: str,
+    now: datetime,
+    http_status: int | None = None,
+    error_code: str | None = None,
+    finished: bool = False,
+) -> None:
+    """The person's record of one transfer (their dashboard lists these)."""
+    stored_now = sql.time(now)
+    sql.run(
+        "INSERT INTO transfers (id, consent_id, client_id, subject_id, provider, resource,"
+        " request_id, state, http_status, error_code, created_at, finished_at)"
+        " VALUES (:id, :consent_id, :client_id, :subject_id, :provider, :resource,"
+        " :request_id, :state, :http_status, :error_code, :created_at, :finished_at)",
+        {
+            "id": transfer_id,
+            "consent_id": consent.id,
+            "client_id": consent.client_id,
+            "subject_id": consent.subject_id,
+            "provider": provider,
+            "resource": resource,
+            "request_id": request_id,
+            "state": state,
+            "http_status": http_status,
+            "error_code": error_code,
+            "created_at": stored_now,
+            "finished_at": stored_now if finished else None,
+        },
     )
 
 
@@ -402,9 +434,9 @@ async def _write_outcome(
     delivered: bytes = b"",
 ) -> None:
     async def work(tx: Tx) -> None:
-        conn = tx.conn
+        sql = tx.sql
         if failed is not None:
-            await rt.consents.give_back(conn, consent.id, resource.provider)
+            rt.consents.give_back(sql, consent.id, resource.provider)
             values: dict[str, Any] = {
                 "state": "failed",
                 "error_code": failed.code,
@@ -445,10 +477,17 @@ async def _write_outcome(
                     "delivered_sha256": digest,
                 },
             )
-        await conn.execute(
-            update(transfers)
-            .where(transfers.c.id == transfer_id)
-            .values(finished_at=tx.now, **values)
+        sql.run(
+            "UPDATE transfers SET finished_at = :now, state = :state, http_status = :http_status,"
+            " error_code = :error_code, size = :size, sha256 = :sha256 WHERE id = :id",
+            {
+                "now": sql.time(tx.now),
+                "id": transfer_id,
+                "error_code": None,
+                "size": None,
+                "sha256": None,
+                **values,
+            },
         )
         await tx.record([event])
         if failed is None:
@@ -464,29 +503,26 @@ async def _record_denial(
     client_id = consent.client_id if consent else (seen.token.client_id if seen.token else None)
 
     async def work(tx: Tx) -> None:
-        conn, now = tx.conn, tx.now
+        sql = tx.sql
         if seen.proof is not None and step != 2:
             # A proof shown with a valid token is spent even when the request is
             # refused: it cannot be replayed with, say, another query string.
-            await _use_proof(tx, seen.proof)
-        subject = await pseudonym_of(conn, consent.subject_id) if consent else None
+            _use_proof(tx, seen.proof)
+        subject = subject_pseudonym(sql, consent.subject_id) if consent else None
         if consent is not None:
             # The person sees refused attempts on their data too.
-            await conn.execute(
-                insert(transfers).values(
-                    id=seen.transfer_id,
-                    consent_id=consent.id,
-                    client_id=client_id,
-                    subject_id=consent.subject_id,
-                    provider=req.provider[:64],
-                    resource=req.resource[:64],
-                    request_id=req.request_id,
-                    state="denied",
-                    http_status=error.status,
-                    error_code=error.code,
-                    created_at=now,
-                    finished_at=now,
-                )
+            _insert_transfer(
+                sql,
+                transfer_id=seen.transfer_id,
+                consent=consent,
+                provider=req.provider[:64],
+                resource=req.resource[:64],
+                request_id=req.request_id,
+                state="denied",
+                now=tx.now,
+                http_status=error.status,
+                error_code=error.code,
+                finished=True,
             )
         known = rt.policy.resource(req.provider, req.resource) is not None
         await tx.record(

@@ -18,6 +18,7 @@ from gateway.policy.decision import AuthorizationDetail
 from gateway.settings import Settings
 from gateway.storage.engine import create_engine
 from gateway.storage.models import consents, subjects
+from gateway.storage.sql import Sql
 from gateway.subjects import ClaimsBox, trail_pseudonym
 from gateway.trail import Trail
 from gateway.trail.writer import TrailWriter, Tx
@@ -109,12 +110,16 @@ class Db:
         return await self.run(lambda tx: self.store.end(tx, consent, to=to, **kw))
 
     async def consume(self, consent_id: str, provider: str = "cnaf") -> bool:
-        async with self.engine.begin() as conn:
-            return await self.store.consume(conn, consent_id, provider, self.clock())
+        async def work(tx: Tx) -> bool:
+            return self.store.consume(tx.sql, consent_id, provider, self.clock())
+
+        return await self.run(work)
 
     async def give_back(self, consent_id: str, provider: str = "cnaf") -> None:
-        async with self.engine.begin() as conn:
-            await self.store.give_back(conn, consent_id, provider)
+        async def work(tx: Tx) -> None:
+            self.store.give_back(tx.sql, consent_id, provider)
+
+        await self.run(work)
 
     async def trail(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -407,10 +412,16 @@ async def test_revoke_committed_before_consume_wins(db: Db) -> None:
 @pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (GATEWAY_TEST_DATABASE_URL)")
 async def test_revoke_committed_inside_an_open_consume_transaction_wins(db: Db) -> None:
     """READ COMMITTED: the consume statement sees a revoke committed after its transaction began."""
+    import psycopg
+
     consent_id = await db.active()
-    async with db.engine.begin() as conn:
-        seen = await db.store.get(conn, consent_id)
-        assert seen is not None and seen.state is ConsentState.ACTIVE
+    # A transaction of its own (as another process's writer would hold), opened
+    # and reading the consent before the revoke commits.
+    with psycopg.connect(PG_URL) as raw:
+        sql = Sql(raw, "postgresql")
+        seen = sql.one("SELECT state FROM consents WHERE id = :id", {"id": consent_id})
+        assert seen == ("active",)
         assert await db.end(consent_id, ConsentState.REVOKED, reason="revoked_by_person")
-        assert not await db.store.consume(conn, consent_id, "cnaf", db.clock())
+        assert not db.store.consume(sql, consent_id, "cnaf", db.clock())
+        raw.rollback()
     assert (await db.get(consent_id)).state is ConsentState.REVOKED
