@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.clients import ClientKeys
 from gateway.consents import ConsentStore
 from gateway.identity import OidcRelyingParty
-from gateway.jose import PublicKey
+from gateway.jose import PublicKey, SigningKey
 from gateway.keys import KeyRing
 from gateway.policy.model import PolicySet
 from gateway.relay import Relay
@@ -52,6 +52,9 @@ class Runtime:
     writer: TrailWriter
     checkpointer: Checkpointer
     clock: Callable[[], datetime] = field(default=system_clock)
+    _token_keys: tuple[tuple[SigningKey, ...], list[PublicKey]] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def now(self) -> datetime:
         return self.clock()
@@ -68,7 +71,11 @@ class Runtime:
 
     @property
     def token_keys(self) -> list[PublicKey]:
-        return [k.public_key() for k in self.keys.signing]
+        """Verification keys of the signing keys, derived once per key ring (every transfer)."""
+        signing = self.keys.signing
+        if self._token_keys is None or self._token_keys[0] is not signing:
+            self._token_keys = (signing, [k.public_key() for k in signing])
+        return self._token_keys[1]
 
     def url(self, path: str) -> str:
         """Public URL of a path: always from GATEWAY_ISSUER, never from the Host header."""
