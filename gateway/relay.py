@@ -11,6 +11,12 @@ body included; bodies larger than ``provider.max_response_bytes`` are cut off
 while streaming; redirects are not followed; no cookies are kept; proxy and
 certificate settings from the environment are ignored.
 
+Connections: unless a transport is injected (tests route to ASGI apps), each
+provider's client has its own :class:`~gateway.transport.HTTP1Transport`, a
+keep-alive pool bounded per origin, which costs a fraction of httpx's default
+transport in CPU (``bench/transport_cost.py``); it verifies certificates
+against the system's CA store, never one named by the environment.
+
 Outcomes:
 
 - 200 with a JSON body → :class:`ProviderAnswer` with the parsed ``document``;
@@ -46,6 +52,7 @@ from gateway.errors import (
     QueryNotAllowed,
 )
 from gateway.policy.model import Provider, Resource
+from gateway.transport import HTTP1Transport
 
 __all__ = ["USER_AGENT", "ProviderAnswer", "Relay"]
 
@@ -115,10 +122,11 @@ class Relay:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``transport`` replaces every provider's own pool (tests route with it)."""
         self._clients = {
             provider.id: httpx.AsyncClient(
                 base_url=provider.base_url,
-                transport=transport,
+                transport=transport if transport is not None else HTTP1Transport(),
                 follow_redirects=False,
                 cookies=_cookie_jar(),
                 trust_env=False,  # no proxy or CA bundle taken from the environment
