@@ -21,6 +21,21 @@ Proofs are in RFC 6962 order, from the leaf (or old tree) upwards, as Go's
 ``tlog.ProveRecord`` / ``tlog.ProveTree`` produce and ``tlog.CheckRecord`` /
 ``tlog.CheckTree`` check them. The verifiers are the RFC 9162 §2.1.3.2 and
 §2.1.4.2 algorithms and raise :class:`ProofError` with a reason.
+
+Shapes, read off the bits of the sizes instead of following RFC 6962's
+recursion (these functions run for every appended batch and every proof):
+
+- The tree of ``size`` records is the fold of its *right edge*: one complete
+  subtree per 1 bit of ``size``, largest (leftmost) first.
+- ``PATH(i, D[size])`` (§2.1.1): let ``d`` be the highest bit where ``i`` and
+  ``size`` differ, so that ``i`` lies in the edge subtree of level ``d``. The
+  path is the siblings of ``i`` inside that perfect subtree (levels 0 to
+  d - 1), then the fold of the edge subtrees right of it (the edge bits below
+  ``d``) if there are any, then the edge subtrees left of it, nearest first.
+- ``PROOF(m, D[n])`` (§2.1.2): RFC 6962's recursion stops at the largest
+  complete subtree that ends at ``m`` (level ``tz``, the trailing zeros of
+  ``m``), written first unless it is the whole old tree (``m`` a power of
+  two). The rest is the path of leaf ``m - 1`` from level ``tz`` up.
 """
 
 from __future__ import annotations
@@ -36,6 +51,9 @@ ReadHashes = Callable[[Sequence[int]], Sequence[bytes]]
 
 SubtreeId = tuple[int, int]  # (level, n): leaves [n * 2**level, (n + 1) * 2**level)
 
+_sha256 = hashlib.sha256
+_NODE = b"\x01"
+
 
 class ProofError(ValueError):
     """A proof, root or leaf hash does not verify; ``reason`` says which check failed."""
@@ -47,16 +65,19 @@ class ProofError(ValueError):
 
 # ---------------------------------------------------------------------------
 # Hashing (RFC 6962 §2.1)
+#
+# The hot loops below inline node_hash as ``_sha256(_NODE + left + right)``:
+# a Python call costs about as much as the hash of 65 bytes.
 
 
 def leaf_hash(entry: bytes) -> bytes:
     """``SHA-256(0x00 || entry)``."""
-    return hashlib.sha256(b"\x00" + entry).digest()
+    return _sha256(b"\x00" + entry).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     """``SHA-256(0x01 || left || right)``."""
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return _sha256(_NODE + left + right).digest()
 
 
 # ---------------------------------------------------------------------------
@@ -78,11 +99,22 @@ def stored_hash_index(level: int, n: int) -> int:
     """Dense index of the hash of subtree ``(level, n)``, as Go's ``tlog.StoredHashIndex``."""
     if level < 0 or n < 0:
         raise ValueError("negative level or subtree number")
+    return _index(level, n)
+
+
+def _index(level: int, n: int) -> int:
+    """:func:`stored_hash_index` without the checks."""
     # The subtree is completed, and its hash stored, by its last leaf; that
     # leaf's own hash sits after all hashes of the records before it, and the
     # subtree's hash comes ``level`` places later.
     last = ((n + 1) << level) - 1
-    return stored_hash_count(last) + level
+    return 2 * last - last.bit_count() + level
+
+
+def _edge_index(size: int, level: int) -> int:
+    """Stored index of the right-edge subtree of ``level`` in a tree of ``size`` (bit set)."""
+    last = ((size >> level) << level) - 1
+    return 2 * last - last.bit_count() + level
 
 
 def split_stored_hash_index(index: int) -> tuple[int, int]:
@@ -115,13 +147,9 @@ def _read(read: ReadHashes, indexes: Sequence[int]) -> list[bytes]:
     if len(hashes) != len(indexes):
         raise ValueError(f"read returned {len(hashes)} hashes for {len(indexes)} indexes")
     for h in hashes:
-        _check_hash(h, "stored hash")
+        if len(h) != HASH_SIZE:
+            _check_hash(h, "stored hash")
     return hashes
-
-
-def _siblings_completed_by(n: int) -> list[SubtreeId]:
-    """Left siblings that record n joins, lowest level first (one per trailing 1 bit of n)."""
-    return [(level, (n >> level) - 1) for level in range(_trailing_ones(n))]
 
 
 def stored_hashes_for_record(n: int, leaf: bytes, read: ReadHashes) -> list[bytes]:
@@ -133,28 +161,32 @@ def stored_hashes_for_record(n: int, leaf: bytes, read: ReadHashes) -> list[byte
     if n < 0:
         raise ValueError("negative record number")
     _check_hash(leaf, "leaf hash")
-    siblings = _siblings_completed_by(n)
-    old = _read(read, [stored_hash_index(level, k) for level, k in siblings])
+    # Record n joins one left sibling per trailing 1 bit of n, lowest level first.
+    siblings = [_edge_index(n, level) for level in range(_trailing_ones(n))]
     hashes = [leaf]
     h = leaf
-    for sibling in old:
-        h = node_hash(sibling, h)
+    for sibling in _read(read, siblings):
+        h = _sha256(_NODE + sibling + h).digest()
         hashes.append(h)
     return hashes
+
+
+def _levels_joined(start_n: int, count: int) -> list[int]:
+    """Levels of the right-edge subtrees of tree ``start_n`` that ``count`` appends join.
+
+    The edge subtree of level L (bit L of start_n) gets its right sibling once
+    the size reaches the next multiple of 2**(L+1): when start_n and the new
+    size differ above bit L. Highest level first, which is stored-index order.
+    """
+    top = (start_n ^ (start_n + count)).bit_length() - 1
+    return [level for level in range(top - 1, -1, -1) if start_n >> level & 1]
 
 
 def hashes_to_store_indexes(start_n: int, count: int) -> list[int]:
     """Stored hashes that :func:`hashes_to_store` reads to append ``count`` records."""
     if start_n < 0 or count < 0:
         raise ValueError("negative record number or count")
-    needed: set[SubtreeId] = set()
-    for n in range(start_n, start_n + count):
-        for level, k in _siblings_completed_by(n):
-            # Siblings that end before start_n already exist; the others are
-            # computed within the batch.
-            if ((k + 1) << level) <= start_n:
-                needed.add((level, k))
-    return sorted(stored_hash_index(level, k) for level, k in needed)
+    return [_edge_index(start_n, level) for level in _levels_joined(start_n, count)]
 
 
 def hashes_to_store(
@@ -167,21 +199,36 @@ def hashes_to_store(
     order, contiguous from ``stored_hash_index(0, start_n)``.
     """
     for h in leaves:
-        _check_hash(h, "leaf hash")
-    indexes = hashes_to_store_indexes(start_n, len(leaves))
-    known: dict[int, bytes] = dict(zip(indexes, _read(read, indexes), strict=True))
+        if len(h) != HASH_SIZE:
+            _check_hash(h, "leaf hash")
+    if start_n < 0:
+        raise ValueError("negative record number or count")
+    count = len(leaves)
+    levels = _levels_joined(start_n, count)
+    old = _read(read, [_edge_index(start_n, level) for level in levels])
+    # edge[L]: hash of the right-edge subtree of level L of the tree so far
+    # (meaningful where that bit of the size is set; only those read are used).
+    edge = [b""] * ((start_n + count).bit_length() + 1)
+    for level, h in zip(levels, old, strict=True):
+        edge[level] = h
     out: list[tuple[int, bytes]] = []
-    for offset, leaf in enumerate(leaves):
-        n = start_n + offset
+    append = out.append
+    index = 2 * start_n - start_n.bit_count()  # stored_hash_index(0, start_n)
+    n = start_n
+    for leaf in leaves:
+        append((index, leaf))
+        index += 1
         h = leaf
-        index = stored_hash_index(0, n)
-        out.append((index, h))
-        known[index] = h
-        for level, k in _siblings_completed_by(n):
-            h = node_hash(known[stored_hash_index(level, k)], h)
+        level = 0
+        m = n
+        while m & 1:  # record n completes one subtree per trailing 1 bit
+            h = _sha256(_NODE + edge[level] + h).digest()
+            append((index, h))
             index += 1
-            out.append((index, h))
-            known[index] = h
+            level += 1
+            m >>= 1
+        edge[level] = h
+        n += 1
     return out
 
 
@@ -189,92 +236,57 @@ def hashes_to_store(
 # Tree hashes and proofs (RFC 6962 §2.1, §2.1.1, §2.1.2)
 
 
-def _largest_power_of_two_below(n: int) -> int:
-    """The k of RFC 6962 §2.1: largest power of two strictly smaller than ``n`` (n >= 2)."""
-    return 1 << ((n - 1).bit_length() - 1)
-
-
-def _subtrees(lo: int, hi: int) -> list[SubtreeId]:
-    """Complete subtrees covering leaves [lo, hi), largest first.
-
-    Every range met while following RFC 6962's recursive split starts at a
-    multiple of a power of two at least as large as the range, so greedy
-    aligned blocks are exactly the left-heavy shape of MTH(D[lo:hi]).
-    """
-    out: list[SubtreeId] = []
-    while lo < hi:
-        level = (hi - lo).bit_length() - 1
-        if lo:
-            level = min(level, (lo & -lo).bit_length() - 1)
-        out.append((level, lo >> level))
-        lo += 1 << level
-    return out
-
-
 def _fold(hashes: Sequence[bytes]) -> bytes:
     """MTH of a range from its complete subtrees, largest (leftmost) first."""
     h = hashes[-1]
-    for left in reversed(hashes[:-1]):
-        h = node_hash(left, h)
+    for i in range(len(hashes) - 2, -1, -1):
+        h = _sha256(_NODE + hashes[i] + h).digest()
     return h
 
 
-Plan = list[list[SubtreeId]]  # one entry per output hash: the subtrees to fold into it
+def _path(leaf: int, size: int, low: int, out: list[int]) -> tuple[int, int]:
+    """Append to ``out`` the stored indexes of PATH(leaf, D[size]) from level ``low`` up.
+
+    Returns ``(alone, folded)``: of the hashes at ``out``'s indexes, the first
+    ``alone`` are proof hashes as they are, the next ``folded`` (largest first)
+    fold into one proof hash, and the rest are proof hashes as they are (see
+    the module docstring).
+    """
+    d = (leaf ^ size).bit_length() - 1
+    alone = len(out) + d - low
+    append = out.append
+    for level in range(low, d):  # siblings inside the perfect subtree holding the leaf
+        last = ((((leaf >> level) ^ 1) + 1) << level) - 1
+        append(2 * last - last.bit_count() + level)
+    right = size & ((1 << d) - 1)  # edge subtrees on its right, largest first
+    folded = right.bit_count()
+    while right:
+        level = right.bit_length() - 1
+        right ^= 1 << level
+        append(_edge_index(size, level))
+    left = size >> (d + 1) << (d + 1)  # edge subtrees on its left, nearest first
+    while left:
+        bit = left & -left
+        left ^= bit
+        append(_edge_index(size, bit.bit_length() - 1))
+    return alone, folded
 
 
-def _inclusion_plan(index: int, lo: int, hi: int) -> Plan:
-    """PATH(index, D[lo:hi]) of RFC 6962 §2.1.1, as subtrees, leaf end first."""
-    plan: Plan = []
-    while hi - lo > 1:
-        k = _largest_power_of_two_below(hi - lo)
-        if index < lo + k:
-            plan.append(_subtrees(lo + k, hi))
-            hi = lo + k
-        else:
-            plan.append(_subtrees(lo, lo + k))
-            lo = lo + k
-    plan.reverse()
-    return plan
-
-
-def _consistency_plan(m: int, lo: int, hi: int) -> Plan:
-    """SUBPROOF(m, D[lo:hi], true) of RFC 6962 §2.1.2, as subtrees, bottom first."""
-    plan: Plan = []
-    whole = True  # the b flag: is D[lo:hi] still a prefix of the old tree's left edge?
-    while m != hi:
-        k = _largest_power_of_two_below(hi - lo)
-        if m <= lo + k:
-            plan.append(_subtrees(lo + k, hi))
-            hi = lo + k
-        else:
-            plan.append(_subtrees(lo, lo + k))
-            lo = lo + k
-            whole = False
-    if not whole:
-        plan.append(_subtrees(lo, hi))
-    plan.reverse()
-    return plan
-
-
-def _plan_indexes(plan: Plan) -> list[int]:
-    return [stored_hash_index(level, n) for part in plan for level, n in part]
-
-
-def _run_plan(plan: Plan, read: ReadHashes) -> list[bytes]:
-    hashes = _read(read, _plan_indexes(plan))
-    out: list[bytes] = []
-    at = 0
-    for part in plan:
-        out.append(_fold(hashes[at : at + len(part)]))
-        at += len(part)
-    return out
+def _proof(hashes: list[bytes], alone: int, folded: int) -> list[bytes]:
+    if folded < 2:
+        return hashes
+    return [*hashes[:alone], _fold(hashes[alone : alone + folded]), *hashes[alone + folded :]]
 
 
 def tree_hash_indexes(size: int) -> list[int]:
     """Stored hashes that :func:`tree_hash` reads."""
     if size < 0:
         raise ValueError("negative tree size")
-    return [stored_hash_index(level, n) for level, n in _subtrees(0, size)]
+    return [
+        _edge_index(size, level)
+        for level in range(size.bit_length() - 1, -1, -1)
+        if size >> level & 1
+    ]
 
 
 def tree_hash(size: int, read: ReadHashes) -> bytes:
@@ -292,13 +304,17 @@ def _check_inclusion_args(index: int, size: int) -> None:
 def inclusion_proof_indexes(index: int, size: int) -> list[int]:
     """Stored hashes that :func:`inclusion_proof` reads."""
     _check_inclusion_args(index, size)
-    return _plan_indexes(_inclusion_plan(index, 0, size))
+    out: list[int] = []
+    _path(index, size, 0, out)
+    return out
 
 
 def inclusion_proof(index: int, size: int, read: ReadHashes) -> list[bytes]:
     """Audit path of record ``index`` in the tree of ``size`` records (as Go's ProveRecord)."""
     _check_inclusion_args(index, size)
-    return _run_plan(_inclusion_plan(index, 0, size), read)
+    indexes: list[int] = []
+    alone, folded = _path(index, size, 0, indexes)
+    return _proof(_read(read, indexes), alone, folded)
 
 
 def _check_consistency_args(old: int, new: int) -> None:
@@ -306,12 +322,23 @@ def _check_consistency_args(old: int, new: int) -> None:
         raise ValueError(f"no consistency proof from size {old} to size {new}")
 
 
+def _consistency(old: int, new: int, out: list[int]) -> tuple[int, int]:
+    """:func:`_path` for PROOF(old, D[new]), 0 < old < new."""
+    low = (old & -old).bit_length() - 1  # the subtree [old - 2**low, old) ends the old tree
+    if old & (old - 1):  # not the whole old tree: RFC 6962's SUBPROOF with b false
+        last = old - 1
+        out.append(2 * last - last.bit_count() + low)
+    return _path(old - 1, new, low, out)
+
+
 def consistency_proof_indexes(old: int, new: int) -> list[int]:
     """Stored hashes that :func:`consistency_proof` reads."""
     _check_consistency_args(old, new)
+    out: list[int] = []
     if old in (0, new):
-        return []
-    return _plan_indexes(_consistency_plan(old, 0, new))
+        return out
+    _consistency(old, new, out)
+    return out
 
 
 def consistency_proof(old: int, new: int, read: ReadHashes) -> list[bytes]:
@@ -322,7 +349,9 @@ def consistency_proof(old: int, new: int, read: ReadHashes) -> list[bytes]:
     _check_consistency_args(old, new)
     if old in (0, new):
         return []
-    return _run_plan(_consistency_plan(old, 0, new), read)
+    indexes: list[int] = []
+    alone, folded = _consistency(old, new, indexes)
+    return _proof(_read(read, indexes), alone, folded)
 
 
 # ---------------------------------------------------------------------------
@@ -337,6 +366,16 @@ def _check_lengths(**hashes: bytes | Iterable[bytes]) -> None:
                 raise ProofError(f"{what} is not a {HASH_SIZE}-byte hash")
 
 
+def _plain_hashes(proof: Sequence[bytes], *hashes: bytes) -> bool:
+    """Whether all are exact 32-byte ``bytes``, so that :func:`_check_lengths` would pass."""
+    if isinstance(proof, bytes):  # one hash, not a list of them: _check_lengths decides
+        return False
+    for h in (*hashes, *proof):  # noqa: SIM110 (a loop: all() of a generator costs more)
+        if type(h) is not bytes or len(h) != HASH_SIZE:
+            return False
+    return True
+
+
 def verify_inclusion(
     proof: Sequence[bytes], size: int, root: bytes, index: int, leaf_hash: bytes
 ) -> None:
@@ -344,7 +383,8 @@ def verify_inclusion(
 
     RFC 9162 §2.1.3.2. Same argument order as Go's ``tlog.CheckRecord``.
     """
-    _check_lengths(proof=proof, root=root, leaf_hash=leaf_hash)
+    if not _plain_hashes(proof, root, leaf_hash):
+        _check_lengths(proof=proof, root=root, leaf_hash=leaf_hash)
     # (1) leaf_index < tree_size.
     if not 0 <= index < size:
         raise ProofError(f"index {index} not in a tree of size {size}")
@@ -358,13 +398,13 @@ def verify_inclusion(
             raise ProofError("inclusion proof too long")
         # (4b)
         if fn & 1 or fn == sn:
-            r = node_hash(p, r)
+            r = _sha256(_NODE + p + r).digest()
             if not fn & 1:
                 while not fn & 1 and fn != 0:
                     fn >>= 1
                     sn >>= 1
         else:
-            r = node_hash(r, p)
+            r = _sha256(_NODE + r + p).digest()
         # (4c)
         fn >>= 1
         sn >>= 1
@@ -383,7 +423,8 @@ def verify_consistency(
     RFC 9162 §2.1.4.2 for 0 < old_size < new_size; equal sizes need equal roots
     and an empty proof; old_size 0 needs the empty root and an empty proof.
     """
-    _check_lengths(proof=proof, old_root=old_root, new_root=new_root)
+    if not _plain_hashes(proof, old_root, new_root):
+        _check_lengths(proof=proof, old_root=old_root, new_root=new_root)
     if not 0 <= old_size <= new_size:
         raise ProofError(f"size {old_size} cannot precede size {new_size}")
     if old_size == new_size:
@@ -419,14 +460,14 @@ def verify_consistency(
             raise ProofError("consistency proof too long")
         # (6b)
         if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
+            fr = _sha256(_NODE + c + fr).digest()
+            sr = _sha256(_NODE + c + sr).digest()
             if not fn & 1:
                 while not fn & 1 and fn != 0:
                     fn >>= 1
                     sn >>= 1
         else:
-            sr = node_hash(sr, c)
+            sr = _sha256(_NODE + sr + c).digest()
         # (6c)
         fn >>= 1
         sn >>= 1
