@@ -8,6 +8,8 @@ hop to that thread instead of a thread hop and a greenlet switch per statement.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -71,12 +73,44 @@ def create_writer_engine(url: URL) -> Engine:
     sync_url = url.set(drivername=_WRITER_DRIVERS[url.drivername])
     engine = create_sync_engine(sync_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
     if sync_url.drivername.startswith("sqlite"):
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout_ms=0)
+        _poll_for_write_lock(engine)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
+# The writer's wait for SQLite's write lock (another process's batch): polled
+# every 50 µs at first, backing off to 1 ms. SQLite's own busy handler sleeps
+# 1, 2, 5, 10, 15, 20, 25 ms..., so under load a waiting process kept missing
+# the moments the other released the lock; polling keeps two writers taking
+# turns. It runs in the writer's thread, never in an event loop.
+_LOCK_POLL_FIRST_S = 0.00005
+_LOCK_POLL_MAX_S = 0.001
+
+
+def _poll_for_write_lock(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        raw = conn.connection.dbapi_connection
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        delay = _LOCK_POLL_FIRST_S
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, _LOCK_POLL_MAX_S)
+
+
+def _configure_sqlite(
+    engine: AsyncEngine | Engine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> None:
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    begins_itself = not isinstance(engine, AsyncEngine)
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -87,8 +121,11 @@ def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
         # FULL: a committed trail entry survives a power cut, not just a crash.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
+
+    if begins_itself:
+        return  # the writer's engine: _poll_for_write_lock begins every transaction
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -126,6 +126,7 @@ class _Batch:
     # Entry rows, inserted once for the whole batch (one executemany) before the
     # hashes; a unit that fails drops its own rows with its leaves.
     rows: list[dict[str, Any]] = field(default_factory=list)
+    _stored: tuple[datetime, Any] | None = None  # the batch's time, as stored
 
     def forget_from(self, mark: int) -> None:
         del self.leaves[mark:]
@@ -137,7 +138,9 @@ class _Batch:
 
     def append(self, events: Sequence[TrailEvent], now: datetime) -> list[int]:
         indexes: list[int] = []
-        stored_now = self.sql.time(now)
+        if self._stored is None or self._stored[0] is not now:
+            self._stored = (now, self.sql.time(now))  # every unit of a batch shares its clock
+        stored_now = self._stored[1]
         for event in events:
             entry = encode_entry(self.trail.event_object(event, now=now))
             index = self.next_index
