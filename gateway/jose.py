@@ -1,13 +1,23 @@
-"""Small JOSE helpers: base64url, JWK thumbprints, signing keys, JWKS parsing.
+"""Small JOSE helpers: base64url, JWK thumbprints, signing keys, JWKS parsing, compact JWS.
 
 Keys are pinned to one algorithm each (RFC 8725 §3.1): a verifier picks the
 algorithm from the key it holds, never from the token it is checking.
+
+A compact JWS is split and decoded once (:func:`parse_compact_jws`), its
+signature checked over the exact ``header.payload`` octets with the key and
+algorithm the verifier chose (:func:`verified_claims`), and only then is its
+payload parsed. What each claim must be is the caller's business (``dpop``,
+``tokens``). The signature step calls ``cryptography`` with the parameters of
+RFC 7518 §3.4-3.5 and RFC 8037 §3.1: PyJWT's algorithm objects do the same
+with 10-15 µs more per ES256 call (``bench/jose_cost.py``), and the tests
+check that PyJWT and this module accept each other's tokens.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -15,8 +25,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 # What the gateway signs and accepts for its own tokens (DESIGN §7).
 TOKEN_ALGS = ("ES256", "EdDSA")
@@ -41,6 +56,11 @@ _THUMBPRINT_MEMBERS = {
 }
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+# Public keys built from JWKs, remembered by :func:`public_key_and_thumbprint`: a
+# client signs every DPoP proof with the same key. Bounded, so that a stream of
+# fresh keys costs what it costs uncached and no more memory than this.
+JWK_CACHE_SIZE = 1024
 
 PublicKeyObject = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 PrivateKeyObject = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -164,6 +184,36 @@ def public_key_from_jwk(jwk: Mapping[str, Any], alg: str) -> PublicKeyObject:
     return rsa_key
 
 
+@functools.lru_cache(maxsize=JWK_CACHE_SIZE)
+def _key_of_members(
+    alg: str, names: tuple[str, ...], values: tuple[str, ...]
+) -> tuple[PublicKeyObject, str]:
+    # The JWK is rebuilt from the cache key alone: what is cached can only depend on it.
+    jwk = dict(zip(names, values, strict=True))
+    return public_key_from_jwk(jwk, alg), jwk_thumbprint(jwk)
+
+
+def public_key_and_thumbprint(jwk: Mapping[str, Any], alg: str) -> tuple[PublicKeyObject, str]:
+    """:func:`public_key_from_jwk` and :func:`jwk_thumbprint` of ``jwk``, memoised.
+
+    The cache key is ``alg`` and the exact values of the RFC 7638 required
+    members, the only members either function reads: a JWK that differs in any
+    of them is another entry. Private members are refused on every call, and a
+    failure is never cached.
+    """
+    if PRIVATE_JWK_MEMBERS & set(jwk):
+        raise ValueError("JWK contains private key members")
+    kty = jwk.get("kty")
+    names = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
+    if names is not None:
+        values = tuple(jwk.get(name) for name in names)
+        # Exactly str (what JSON gives): hashed and compared by value, no subclass tricks.
+        if all(type(value) is str for value in values):
+            return _key_of_members(alg, names, values)
+    # Not a shape that can be cached: the uncached calls raise the usual errors.
+    return public_key_from_jwk(jwk, alg), jwk_thumbprint(jwk)
+
+
 @dataclass(frozen=True)
 class PublicKey:
     """A verification key pinned to one algorithm."""
@@ -202,6 +252,19 @@ class SigningKey:
     def public_key(self) -> PublicKey:
         """The matching verification key."""
         return PublicKey(kid=self.kid, alg=self.alg, key=self.private_key.public_key())
+
+    def sign_jwt(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        """A compact JWS of ``claims`` whose header is exactly alg, typ and kid (RFC 7515 §7.1)."""
+        header = {"alg": self.alg, "typ": typ, "kid": self.kid}
+        signing_input = f"{_json_segment(header)}.{_json_segment(claims)}"
+        data = signing_input.encode("ascii")
+        if isinstance(self.private_key, ec.EllipticCurvePrivateKey):
+            # RFC 7518 §3.4: R || S, each left-padded to 32 octets (cryptography gives DER).
+            r, s = decode_dss_signature(self.private_key.sign(data, _ECDSA_SHA256))
+            signature = r.to_bytes(_P256_OCTETS, "big") + s.to_bytes(_P256_OCTETS, "big")
+        else:
+            signature = self.private_key.sign(data)  # RFC 8037 §3.1
+        return f"{signing_input}.{b64url_encode(signature)}"
 
     def to_pem(self) -> bytes:
         """Unencrypted PKCS#8 PEM; the caller stores it with restrictive permissions."""
@@ -283,3 +346,148 @@ def public_keys_from_jwks(
 def jwks_document(keys: Iterable[SigningKey]) -> dict[str, Any]:
     """The JWKS served at /.well-known/jwks.json."""
     return {"keys": [k.public_jwk() for k in keys]}
+
+
+# --------------------------------------------------------------------------- compact JWS
+
+# Built once: each costs a few µs to build, per call, otherwise.
+_SHA256 = hashes.SHA256()
+_ECDSA_SHA256 = ec.ECDSA(_SHA256)
+# RFC 7518 §3.5: MGF1 with SHA-256, and "The size of the salt value is the same
+# size as the hash function output."
+_PSS_SHA256 = padding.PSS(mgf=padding.MGF1(_SHA256), salt_length=_SHA256.digest_size)
+_P256_OCTETS = 32
+
+
+class BadSignature(Exception):
+    """The JWS signature does not verify with the key and algorithm the verifier chose."""
+
+
+@dataclass(frozen=True)
+class CompactJws:
+    """A JWS in compact serialization, split and decoded once; nothing in it is verified.
+
+    The header is only fit for choosing a key; the payload is read by
+    :func:`verified_claims`, once the signature has verified.
+    """
+
+    header: dict[str, Any]
+    signing_input: bytes = field(repr=False)
+    payload: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    # RFC 7515 §4 (and RFC 7519 §4 for claims): parsers "MUST either reject JWSs with
+    # duplicate Header Parameter names or use a JSON parser that returns only the
+    # lexically last duplicate member name". We reject: two readers, two meanings.
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+# Built once: json.loads with a hook would build a decoder per call.
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_unique_members)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A UTF-8 JSON object with unique member names, at every depth; ValueError otherwise."""
+    try:
+        value = _JSON_DECODER.decode(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def parse_compact_jws(token: str) -> CompactJws:
+    """Split and decode a compact JWS (RFC 7515 §7.1, §5.2 to step 7); ValueError if malformed.
+
+    Every segment is strict base64url (:func:`b64url_decode`, no padding) and the
+    header a JSON object. What PyJWT also refuses while parsing stays refused
+    here: a ``kid`` that is not a string, a malformed ``crit``, an unencoded
+    (``b64: false``) payload that is not detached.
+    """
+    if not isinstance(token, str):
+        raise ValueError("a compact JWS is a string")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise ValueError("a compact JWS has exactly three segments")
+    header_b64, payload_b64, signature_b64 = segments
+    header = _json_object(b64url_decode(header_b64))
+    # RFC 7515 §4.1.4: kid's "value MUST be a case-sensitive string".
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise ValueError("kid must be a string")
+    # RFC 7515 §4.1.11: crit is a non-empty list of names present in the header. The
+    # one extension PyJWT knows is RFC 7797 b64; any other name is malformed there,
+    # so here too. Callers refuse what remains (we implement no extension).
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit or "b64" not in header:
+            raise ValueError("malformed crit")
+        if any(name != "b64" for name in crit):
+            raise ValueError("unsupported critical extension")
+    if header.get("b64", True) is False and payload_b64:
+        raise ValueError("an unencoded payload must be detached")
+    return CompactJws(
+        header=header,
+        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
+        payload=b64url_decode(payload_b64),
+        signature=b64url_decode(signature_b64),
+    )
+
+
+def _key_fits(key: PublicKeyObject, alg: str) -> bool:
+    if alg == "ES256":
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    if alg == "EdDSA":
+        return isinstance(key, ed25519.Ed25519PublicKey)
+    if alg == "PS256":
+        return isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_KEY_BITS
+    return False
+
+
+def _signature_verifies(key: PublicKeyObject, signature: bytes, signing_input: bytes) -> bool:
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            # RFC 7518 §3.4: "The JWS Signature value MUST be a 64-octet sequence. If
+            # it is not a 64-octet sequence, the validation has failed." It is R || S.
+            if len(signature) != 2 * _P256_OCTETS:
+                return False
+            r = int.from_bytes(signature[:_P256_OCTETS], "big")
+            s = int.from_bytes(signature[_P256_OCTETS:], "big")
+            # OpenSSL refuses r or s outside [1, n-1].
+            key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, signing_input)  # RFC 8037 §3.1
+        else:
+            key.verify(signature, signing_input, _PSS_SHA256, _SHA256)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verified_claims(jws: CompactJws, key: PublicKeyObject, alg: str) -> dict[str, Any]:
+    """The JWT claims of ``jws``, once its signature verifies with ``key`` under ``alg``.
+
+    ``alg`` is the verifier's, pinned to ``key`` (RFC 8725 §3.1), never read from
+    the header here. Raises BadSignature, or ValueError when the key does not fit
+    ``alg`` or the verified payload is not a JSON object (RFC 7519 §7.2 step 10).
+    """
+    if not _key_fits(key, alg):
+        raise ValueError(f"key does not fit {alg}")
+    # RFC 7515 §5.2 step 8: validate the signature over ASCII(header || '.' || payload).
+    if not _signature_verifies(key, jws.signature, jws.signing_input):
+        raise BadSignature
+    return _json_object(jws.payload)
+
+
+# Compact separators, like PyJWT; NaN and infinities are not JSON (RFC 8259 §6).
+# Built once: json.dumps with arguments builds an encoder per call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _json_segment(value: Mapping[str, Any]) -> str:
+    return b64url_encode(_JSON_ENCODER.encode(value).encode("ascii"))

@@ -9,6 +9,10 @@ Every verification reads the header only to find *our* key by ``kid``; the
 algorithm comes from that key (RFC 8725 §3.1), and every claim check is pinned
 here rather than left to library defaults. Single use of a client assertion's
 ``jti`` is the caller's job (database), as is any replay bookkeeping.
+
+The gateway's own tokens (consent, provider assertion, audit) are on every
+transfer: they are parsed once and signed with ``gateway.jose``; client
+assertions, at the token endpoint, go through ``jwt.decode``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,17 @@ import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from gateway.errors import OAuthError, Unauthenticated
-from gateway.jose import CLIENT_ALGS, CLOCK_LEEWAY_SECONDS, TOKEN_ALGS, PublicKey, SigningKey
+from gateway.jose import (
+    CLIENT_ALGS,
+    CLOCK_LEEWAY_SECONDS,
+    TOKEN_ALGS,
+    BadSignature,
+    CompactJws,
+    PublicKey,
+    SigningKey,
+    parse_compact_jws,
+    verified_claims,
+)
 
 # One leeway for every time check (DESIGN §7). Our own tokens are checked by
 # other gateway processes, client assertions against the client's clock; both
@@ -86,16 +100,29 @@ class _Refused(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
+def _refuse_extensions(header: Mapping[str, Any]) -> None:
+    # RFC 7515 §4.1.11: a listed extension "not understood and supported by the
+    # recipient" makes the JWS invalid; we support none.
+    if "crit" in header or "b64" in header:
+        raise _Refused("critical header extensions are not supported")
+
+
 def _header(token: str) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
         raise _Refused("not a well-formed JWT") from None
-    # RFC 7515 §4.1.11: a listed extension "not understood and supported by the
-    # recipient" makes the JWS invalid; we support none.
-    if "crit" in header or "b64" in header:
-        raise _Refused("critical header extensions are not supported")
+    _refuse_extensions(header)
     return header
+
+
+def _parse(token: str) -> CompactJws:
+    try:
+        jws = parse_compact_jws(token)
+    except ValueError:
+        raise _Refused("not a well-formed JWT") from None
+    _refuse_extensions(jws.header)
+    return jws
 
 
 def _typ_is(header: Mapping[str, Any], typ: str) -> bool:
@@ -148,6 +175,32 @@ def _options(required: Sequence[str]) -> jwt.types.Options:
         "require": list(required),
         "enforce_minimum_key_length": True,
     }
+
+
+def _check_registered_claims(
+    claims: Mapping[str, Any], *, issuer: str, audience: str, required: Sequence[str]
+) -> None:
+    """Presence of ``required`` (iss and aud among them), then iss, aud, sub and jti."""
+    for name in required:
+        if claims.get(name) is None:  # a JSON null is no claim
+            raise _Refused(f"missing claim {name}")
+    # RFC 9068 §4: the issuer identifier "MUST exactly match the value of the iss
+    # claim" (our profile for every token we sign).
+    if claims["iss"] != issuer:
+        raise _Refused("wrong issuer")
+    # RFC 7519 §4.1.3: "If the principal processing the claim does not identify itself
+    # with a value in the aud claim when this claim is present, then the JWT MUST be
+    # rejected." Exactly our audience: a token meant for several is not ours alone.
+    aud = claims["aud"]
+    if not aud:
+        raise _Refused("missing claim aud")
+    if aud != audience:
+        raise _Refused("wrong audience")
+    # RFC 7519 §4.1.2 and §4.1.7: sub and jti are strings.
+    if "sub" in claims and not isinstance(claims["sub"], str):
+        raise _Refused("wrong subject")
+    if "jti" in claims and not isinstance(claims["jti"], str):
+        raise _Refused("jti must be a string")
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
@@ -205,8 +258,10 @@ def _verify_own_jwt(
     accept_expired: bool = False,
 ) -> dict[str, Any]:
     """Steps shared by every JWT the gateway signs; see :func:`verify_consent_token`."""
-    # (1) parse the header without trusting it
-    header = _header(token)
+    # (1) parse the header without trusting it (the whole JWS is split and decoded
+    # once, here; its payload is parsed only after step (5)'s signature check)
+    jws = _parse(token)
+    header = jws.header
     # (2) typ
     if not _typ_is(header, typ):
         raise _Refused(f"typ must be {typ}")
@@ -217,16 +272,12 @@ def _verify_own_jwt(
         raise _Refused("alg not allowed")
     # (5) signature with that key and alg only; iss and aud exactly; claims present
     try:
-        claims = jwt.decode(
-            token,
-            key.key,
-            algorithms=[key.alg],
-            issuer=issuer,
-            audience=audience,
-            options={**_options(required), "strict_aud": True},
-        )
-    except jwt.PyJWTError as exc:
-        raise _Refused(_describe(exc)) from None
+        claims = verified_claims(jws, key.key, key.alg)
+    except BadSignature:
+        raise _Refused("bad signature") from None
+    except ValueError:
+        raise _Refused("malformed token") from None
+    _check_registered_claims(claims, issuer=issuer, audience=audience, required=required)
     # (6) exp, iat, nbf against `now`
     _check_times(claims, now=now, max_lifetime=max_lifetime, accept_expired=accept_expired)
     return claims
@@ -297,13 +348,7 @@ def mint_consent_token(
         claims["acr"] = acr
     # RFC 9068 §2.1: JWT access tokens "MUST include this media type in the typ
     # header parameter".
-    token = jwt.encode(
-        claims,
-        key.private_key,
-        algorithm=key.alg,
-        headers={"typ": CONSENT_JWT_TYP, "kid": key.kid},
-    )
-    return token, parsed
+    return key.sign_jwt(claims, typ=CONSENT_JWT_TYP), parsed
 
 
 def verify_consent_token(
@@ -507,12 +552,7 @@ def mint_provider_assertion(
         "transfer_id": transfer_id,
         "client_id": client_id,
     }
-    return jwt.encode(
-        claims,
-        key.private_key,
-        algorithm=key.alg,
-        headers={"typ": PROVIDER_ASSERTION_TYP, "kid": key.kid},
-    )
+    return key.sign_jwt(claims, typ=PROVIDER_ASSERTION_TYP)
 
 
 def verify_provider_assertion(
@@ -589,10 +629,7 @@ def mint_audit_token(
         "cnf": {"jkt": jkt},
         "scope": " ".join(scope),
     }
-    token = jwt.encode(
-        claims, key.private_key, algorithm=key.alg, headers={"typ": CONSENT_JWT_TYP, "kid": key.kid}
-    )
-    return token, parsed
+    return key.sign_jwt(claims, typ=CONSENT_JWT_TYP), parsed
 
 
 def verify_audit_token(

@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.dpop import (
     DPOP_LEEWAY_SECONDS,
@@ -355,3 +356,129 @@ def test_check_binding_refuses_another_key() -> None:
     with pytest.raises(Unauthenticated) as info:
         check_binding(proof, thumbprint(public_jwk(client_key("ES256"))))
     assert info.value.code == "dpop_key_mismatch"
+
+
+# --------------------------------------------------------------------------- parsing once
+
+# The order of the P-256 group (SEC 2 §2.4.2).
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def raw_proof(header: bytes, payload: bytes, key: Any = None) -> str:
+    """A proof over raw JSON octets (which json.dumps would not produce), signed ES256."""
+    key = key if key is not None else client_key("ES256")
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    signature = jwt.get_algorithm_by_name("ES256").sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+def proof_header() -> str:
+    return json.dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": public_jwk(client_key("ES256"))})
+
+
+def proof_claims(**claims: Any) -> dict[str, Any]:
+    return {"jti": "jti-1", "htm": "GET", "htu": URL, "iat": int(NOW), **claims}
+
+
+def test_raw_proof_is_accepted() -> None:
+    assert accepted(raw_proof(proof_header().encode(), json.dumps(proof_claims()).encode()))
+
+
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        # Two readers of one proof must not see two requests (RFC 7515 §4, RFC 7519 §4).
+        ('{"typ":"JWT",' + proof_header()[1:], json.dumps(proof_claims())),
+        (proof_header(), '{"htm":"POST",' + json.dumps(proof_claims())[1:]),
+        (proof_header().replace('"kty"', '"kty": "EC", "kty"', 1), json.dumps(proof_claims())),
+        (proof_header(), json.dumps(proof_claims()).replace("}", ', "jti": "x"}')),
+    ],
+)
+def test_duplicate_member_names_refused(header: str, payload: str) -> None:
+    assert "well-formed" in refused(raw_proof(header.encode(), payload.encode())).detail
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        proof_header().encode("utf-16"),
+        b"\xef\xbb\xbf" + proof_header().encode(),
+        b"[" * 50_000 + b"]" * 50_000,
+    ],
+)
+def test_header_not_utf8_json_object_refused(header: bytes) -> None:
+    assert "well-formed" in refused(raw_proof(header, json.dumps(proof_claims()).encode())).detail
+
+
+def test_padded_or_non_canonical_base64url_refused() -> None:
+    head, body, sig = make_proof().split(".")
+    # PyJWT accepts a padded segment; RFC 7515 §2 base64url has none.
+    refused(f"{head}.{body}.{sig}==")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = alphabet[alphabet.index(sig[-1]) + 1]  # same 64 octets, another spelling
+    assert "well-formed" in refused(f"{head}.{body}.{sig[:-1]}{twin}").detail
+
+
+def _signature_of(proof: str) -> tuple[str, int, int]:
+    unsigned, _, sig = proof.rpartition(".")
+    raw = base64.urlsafe_b64decode(sig + "==")
+    return unsigned, int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda r, s: r.to_bytes(32, "big") + s.to_bytes(32, "big")[:-1],  # 63 octets
+        lambda r, s: r.to_bytes(32, "big") + s.to_bytes(32, "big") + b"\x00",
+        lambda r, s: b"\x00" + r.to_bytes(32, "big") + s.to_bytes(32, "big"),
+        lambda r, s: bytes(64),
+        lambda r, s: r.to_bytes(32, "big") + P256_N.to_bytes(32, "big"),  # s = n
+        lambda r, s: P256_N.to_bytes(32, "big") + s.to_bytes(32, "big"),
+        lambda r, s: encode_dss_signature(r, s),  # DER is not the JWS form (RFC 7518 §3.4)
+        lambda r, s: b"garbage",
+        lambda r, s: b"",
+    ],
+)
+def test_malformed_es256_signatures_refused(forge: Any) -> None:
+    unsigned, r, s = _signature_of(make_proof())
+    assert "signature" in refused(f"{unsigned}.{b64(forge(r, s))}").detail
+
+
+def test_high_s_signature_gets_the_verdict_pyjwt_gives() -> None:
+    # (r, n - s) verifies as ECDSA; JOSE does not require low S, and half the honest
+    # signatures are high S. The jti, not the signature, is what replay is keyed on.
+    unsigned, r, s = _signature_of(make_proof())
+    mirrored = f"{unsigned}.{b64(r.to_bytes(32, 'big') + (P256_N - s).to_bytes(32, 'big'))}"
+    pub = client_key("ES256").public_key()
+    assert jwt.decode(mirrored, pub, algorithms=["ES256"], options={"verify_iat": False})
+    assert accepted(mirrored).jti == "jti-1"
+
+
+# --------------------------------------------------------------------------- the key cache
+
+
+def test_a_key_differing_in_one_member_is_not_taken_from_the_cache() -> None:
+    # (x, p - y) is the public key of n - d: a valid key one member away from ours.
+    key = client_key("ES256")
+    ours = accepted(make_proof(key=key))  # cached now
+    mirror_key = ec.derive_private_key(P256_N - key.private_numbers().private_value, ec.SECP256R1())
+    mirror_jwk = public_jwk(mirror_key)
+    assert {k for k in mirror_jwk if mirror_jwk[k] != public_jwk(key)[k]} == {"y"}
+    # Our private key cannot sign for the mirror key, even with our key cached...
+    assert "signature" in refused(make_proof(key=key, header={"jwk": mirror_jwk})).detail
+    # ...and the mirror key's own proofs are bound to its own thumbprint.
+    theirs = accepted(make_proof(key=mirror_key))
+    assert theirs.jkt == thumbprint(mirror_jwk) != ours.jkt
+
+
+def test_private_members_refused_even_once_the_key_is_cached() -> None:
+    key = client_key("ES256")
+    accepted(make_proof(key=key))
+    jwk = {**public_jwk(key), "d": b64(key.private_numbers().private_value.to_bytes(32, "big"))}
+    assert "private" in refused(make_proof(key=key, header={"jwk": jwk})).detail
+
+
+def test_cached_key_for_one_alg_is_not_used_for_another() -> None:
+    accepted(make_proof())
+    ed_signed = make_proof("EdDSA", header={"jwk": public_jwk(client_key("ES256"))})
+    assert "jwk" in refused(ed_signed).detail

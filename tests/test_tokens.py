@@ -16,6 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.errors import OAuthError, Unauthenticated
 from gateway.jose import (
@@ -31,9 +32,11 @@ from gateway.tokens import (
     LEEWAY_SECONDS,
     ClientAssertion,
     ConsentToken,
+    mint_audit_token,
     mint_consent_token,
     mint_provider_assertion,
     unverified_client_id,
+    verify_audit_token,
     verify_client_assertion,
     verify_consent_token,
     verify_provider_assertion,
@@ -636,3 +639,145 @@ def test_provider_assertion_forged_signature_refused() -> None:
     )
     with pytest.raises(ValueError, match="signature"):
         verify_as_provider(forged)
+
+
+def test_provider_assertion_is_read_by_pyjwt() -> None:
+    # What a provider without our code runs: any RFC 7519 library.
+    token = provider_assertion()
+    claims = jwt.decode(
+        token,
+        ES.private_key.public_key(),
+        algorithms=["ES256"],
+        audience="dgfip",
+        issuer=ISSUER,
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims == verify_as_provider(token)
+    assert {k: claims[k] for k in IDENTITY} == IDENTITY
+
+
+def test_eddsa_provider_assertion_round_trip() -> None:
+    token = mint_provider_assertion(
+        ED,
+        issuer=ISSUER,
+        provider="dgfip",
+        sub="dp-pairwise-sub",
+        identity={"given_name": "Marie-Thérèse"},
+        resource="revenu_fiscal",
+        purpose="family-benefit-eligibility",
+        consent_id="consent-1",
+        transfer_id="transfer-1",
+        client_id=CLIENT_ID,
+        lifetime=60,
+        now=NOW,
+    )
+    assert jwt.get_unverified_header(token) == {
+        "alg": "EdDSA",
+        "typ": "gateway-assertion+jwt",
+        "kid": ED.kid,
+    }
+    assert verify_as_provider(token)["given_name"] == "Marie-Thérèse"
+    options: Any = {"verify_exp": False, "verify_iat": False}
+    public = ED.private_key.public_key()
+    claims = jwt.decode(token, public, algorithms=["EdDSA"], audience="dgfip", options=options)
+    assert claims["given_name"] == "Marie-Thérèse"
+
+
+def test_audit_token_round_trip() -> None:
+    token, minted = mint_audit_token(
+        ES,
+        issuer=ISSUER,
+        audience=f"{ISSUER}/audit",
+        client_id="auditor",
+        jkt="auditor-thumbprint",
+        scope=["audit:read"],
+        lifetime=300,
+        now=NOW,
+    )
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "typ": "at+jwt", "kid": ES.kid}
+    verified = verify_audit_token(token, KEYS, issuer=ISSUER, audience=f"{ISSUER}/audit", now=NOW)
+    assert verified == minted
+    # An audit token is not a consent token (no consent, another audience).
+    refused_token(token)
+
+
+# --------------------------------------------------------------------------- parsing once
+
+
+def signed_by_us(header: bytes, payload: bytes) -> str:
+    """Raw JSON octets signed with our own ES256 key (what json.dumps would not produce)."""
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    signature = jwt.get_algorithm_by_name("ES256").sign(signing_input.encode(), ES.private_key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+OUR_HEADER = json.dumps({"typ": "at+jwt", "alg": "ES256", "kid": ES.kid})
+
+
+def test_signed_by_us_is_accepted() -> None:
+    token = signed_by_us(OUR_HEADER.encode(), json.dumps(consent_claims()).encode())
+    assert verify_consent_token(token, KEYS, issuer=ISSUER, audience=AUDIENCE, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # One reader sees the victim's consent, another the attacker's (RFC 7519 §4).
+        json.dumps(consent_claims()).replace("}", ', "consent_id": "someone-else"}'),
+        '{"aud": "https://other.example", ' + json.dumps(consent_claims())[1:],
+        json.dumps(consent_claims(cnf={"jkt": "a"})).replace(
+            '"jkt": "a"', '"jkt": "a", "jkt": "b"'
+        ),
+    ],
+)
+def test_duplicate_claim_names_refused(payload: str) -> None:
+    token = signed_by_us(OUR_HEADER.encode(), payload.encode())
+    assert "malformed" in refused_token(token)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"typ": "JWT", ' + OUR_HEADER[1:],
+        OUR_HEADER.replace('"kid"', '"kid": "unknown", "kid"'),
+        OUR_HEADER.replace(f'"{ES.kid}"', "7"),
+    ],
+)
+def test_malformed_headers_refused(header: str) -> None:
+    token = signed_by_us(header.encode(), json.dumps(consent_claims()).encode())
+    assert "well-formed" in refused_token(token)
+
+
+def test_padded_or_non_canonical_token_refused() -> None:
+    head, body, sig = foreign_token().split(".")
+    refused_token(f"{head}.{body}.{sig}==")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = alphabet[alphabet.index(sig[-1]) + 1]  # same signature octets, another text
+    assert "well-formed" in refused_token(f"{head}.{body}.{sig[:-1]}{twin}")
+
+
+# The order of the P-256 group (SEC 2 §2.4.2).
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda r, s: r.to_bytes(32, "big") + s.to_bytes(32, "big")[:-1],
+        lambda r, s: r.to_bytes(32, "big") + s.to_bytes(32, "big") + b"\x00",
+        lambda r, s: bytes(64),
+        lambda r, s: r.to_bytes(32, "big") + P256_N.to_bytes(32, "big"),
+        lambda r, s: encode_dss_signature(r, s),  # DER is not the JWS form (RFC 7518 §3.4)
+        lambda r, s: b"garbage",
+        lambda r, s: b"",
+    ],
+)
+def test_malformed_signatures_refused(forge: Any) -> None:
+    unsigned, _, sig = foreign_token().rpartition(".")
+    raw = base64.urlsafe_b64decode(sig + "==")
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    assert "signature" in refused_token(f"{unsigned}.{b64(forge(r, s))}")
+
+
+def test_signed_payload_that_is_not_an_object_refused() -> None:
+    assert "malformed" in refused_token(signed_by_us(OUR_HEADER.encode(), b"[]"))
