@@ -180,7 +180,7 @@ async def data(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     req = TransferRequest(
         method=request.method,
-        path=request.url.path,
+        path=request.scope["path"],
         provider=request.path_params["provider"],
         resource=request.path_params["resource"],
         query=list(request.query_params.multi_items()),
@@ -192,8 +192,10 @@ async def data(request: Request) -> Response:
         result = await transfer(rt, req)
     except GatewayError as error:
         return problem_response(error)
-    return JSONResponse(
-        result.body,
+    # The bytes whose digest the trail recorded, sent as they are (not encoded again).
+    return Response(
+        result.content,
+        media_type="application/json",
         headers={"Transfer-Id": result.transfer_id, "Cache-Control": "no-store"},
     )
 

@@ -75,6 +75,8 @@ class TransferResult:
     transfer_id: str
     status: int
     body: dict[str, Any] = field(default_factory=dict)
+    # The exact JSON bytes delivered: the trail's ``delivered_sha256`` is their digest.
+    content: bytes = b"{}"
 
 
 @dataclass
@@ -285,7 +287,7 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
             transfer_id=seen.transfer_id,
             provider=provider.id,
         )
-    return TransferResult(transfer_id=seen.transfer_id, status=200, body=delivered)
+    return TransferResult(transfer_id=seen.transfer_id, status=200, body=delivered, content=body)
 
 
 def _replayed() -> Unauthenticated:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -192,6 +193,22 @@ async def test_provider_failure_gives_the_use_back(stack: Stack, failure: str) -
         "transfer.completed",
     ]
     assert await uses_left(stack, grant.consent_id) == (ConsentState.EXHAUSTED, 0)
+
+
+async def test_the_delivered_bytes_are_the_ones_the_trail_recorded(stack: Stack) -> None:
+    """transfer.completed names the SHA-256 and size of exactly the body the client got."""
+    grant = await stack.grant([cnaf_details(max_transfers=1)])
+    response = await stack.sp.fetch(
+        "cnaf", "quotient_familial", grant.access_token, params=QF_PARAMS
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    entries = await entries_of(stack, response.headers["transfer-id"])
+    assert types_of(entries) == ["transfer.authorized", "transfer.completed"]
+    completed = entries[1]["details"]
+    assert completed["delivered_sha256"] == hashlib.sha256(response.content).hexdigest()
+    assert completed["delivered_size"] == len(response.content)
+    assert response.json()  # minimised, not empty
 
 
 async def test_provider_has_no_record(stack: Stack) -> None:
