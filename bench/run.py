@@ -560,9 +560,12 @@ class Harness:
 
     def prepare_gateway(self) -> None:
         from gateway.jose import SigningKey
+        from gateway.keys import load_keys
 
         self.data_dir = self.cfg.tmp / "gateway-data"  # keys (shared by every gateway run)
         self.data_dir.mkdir()
+        # Created up front, as the gateway would (demo keys too): the signer pool reads them.
+        load_keys(self.data_dir / "keys", create=True, demo=True)
         client_key = SigningKey.generate_es256()
         self.dpop_pem = SigningKey.generate_es256().to_pem()
         jwk = client_key.public_jwk()
@@ -613,14 +616,12 @@ class Harness:
         )
         return url, probe
 
-    def mint_pairs(self, env: dict[str, str], count: int, out: Path) -> float:
+    def mint_pairs(self, env: dict[str, str], count: int, out: Path) -> mint.MintTiming:
         """Create ``count`` consents in the database of ``env`` and sign their pairs."""
-        started = time.monotonic()
-        made = asyncio.run(mint.create_consents(count, env))
         if self.signer is None:
             self.signer = mint.PairSigner(self.data_dir / "keys", self.dpop_pem)
-        self.signer.write(made, self.issuer, out)
-        return time.monotonic() - started
+            say(f"  signer pool of {self.signer.processes} started in {self.signer.warm():.1f} s")
+        return asyncio.run(mint.mint_pairs(count, env, self.signer, self.issuer, out))
 
     def gateway(self, database: str, workers: int, *, profile: bool = False) -> Run | None:
         name = f"gateway {database} {workers}w" + (" (profiled)" if profile else "")
@@ -639,7 +640,7 @@ class Harness:
         )
         warm_pool = max(200, math.ceil(guess * self.cfg.warmup * 1.5))
         minted = self.mint_pairs(env, warm_pool, work / "warm.tsv")
-        say(f"  {warm_pool} warm-up consents minted in {minted:.1f} s")
+        say(f"  warm-up pool: {minted.describe()}")
         server = self.launch(
             start(
                 name,
@@ -682,7 +683,7 @@ class Harness:
                     f"(statuses {warm['statuses']}); see {work / 'gateway.log'}:\n"
                     + _tail(work / "gateway.log")
                 )
-            mint_rate = warm_pool / max(minted, 0.1)  # consents per second we can mint
+            mint_rate = minted.rate  # consents per second we can mint, start-up excluded
             run = Run(name, "gateway", workers=workers, database=database)
             profiler = None
             for attempt in (1, 2):
@@ -700,7 +701,7 @@ class Harness:
                         f"{budget} consents is all the {self.cfg.mint_budget:g} s budget allows"
                     )
                 minted = self.mint_pairs(env, count, work / "pairs.tsv")
-                say(f"  {count} consents minted in {minted:.1f} s; measuring for {seconds:.3g} s")
+                say(f"  {minted.describe()}; measuring for {seconds:.3g} s")
                 run.pool = count
                 self._quiet()
                 if profile:
