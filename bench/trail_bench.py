@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,14 +68,21 @@ async def fresh_engine(database: str, url: str | None, tmp: Path, tag: str) -> A
     return engine, url
 
 
-def completed_event(i: int) -> Any:
+def completed_event() -> Any:
+    """A ``transfer.completed`` event of a new transfer on a new consent.
+
+    Fresh ids each time, made as the gateway makes them (time-ordered): what
+    the trail's ``consent_id`` and ``transfer_id`` indexes see decides how many
+    pages each batch writes (gateway/ids.py).
+    """
+    from gateway.ids import time_ordered_id
     from gateway.trail import EventType, TrailEvent
 
     return TrailEvent(
         EventType.TRANSFER_COMPLETED,
         client_id="bench-sp",
-        consent_id=str(uuid.uuid4()),
-        transfer_id=str(uuid.uuid4()),
+        consent_id=time_ordered_id(),
+        transfer_id=time_ordered_id(),
         provider="stub",
         resource="record",
         subject="aW5zZXJ0LWEtcHNldWRvbnlt",
@@ -107,12 +113,16 @@ async def appends(
     failed = 0
     stop_at = 0.0
 
-    async def unit(tx: Tx) -> None:
-        await tx.record([completed_event(0)])
-
     async def client() -> None:
         nonlocal done, failed
         while time.monotonic() < stop_at:
+            # Built outside the unit, as a transfer's ids are made before it
+            # reaches the writer (the CPU is counted all the same).
+            event = completed_event()
+
+            async def unit(tx: Tx, event: Any = event) -> None:
+                await tx.record([event])
+
             try:
                 await writer.run(unit)
                 done += 1

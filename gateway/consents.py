@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
+from gateway.ids import random_id, time_ordered_id
 from gateway.policy.decision import AuthorizationDetail
 from gateway.storage.models import consent_allowances, consents, subjects
 from gateway.storage.sql import Sql
@@ -161,7 +161,8 @@ def _consent(row: Mapping[Any, Any], allowances: dict[str, Allowance]) -> Consen
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A consent's or a transfer's id: time-ordered, so their indexes grow at one end."""
+    return time_ordered_id()
 
 
 async def pseudonym_of(conn: Conn, subject_id: str | None) -> str | None:
@@ -187,7 +188,7 @@ async def ensure_subject(conn: Conn, lookup: str, now: datetime) -> str:
     row = (await conn.execute(select(subjects.c.id).where(subjects.c.lookup == lookup))).first()
     if row is not None:
         return str(row.id)
-    subject_id = new_id()
+    subject_id = random_id()  # when a person first came is theirs to know
     await conn.execute(
         insert(subjects).values(
             id=subject_id, lookup=lookup, trail_secret=secrets.token_bytes(32), created_at=now

@@ -44,6 +44,7 @@ class Sql:
         self._conn = dbapi_connection
         self.dialect = dialect
         self._texts: dict[str, str] = {}
+        self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def _text(self, sql: str) -> str:
         if self.dialect == "sqlite":
@@ -63,6 +64,14 @@ class Sql:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+    def command(self, sql: str) -> None:
+        """A statement without parameters or result (``SAVEPOINT``, ``RELEASE``).
+
+        Run on the connection itself: no cursor of ours to open and close, no
+        parameter style to convert (a statement without parameters has none).
+        """
+        self._conn.execute(sql)
 
     def one(self, sql: str, params: Params | None = None) -> Row | None:
         """The first row of a query (or of ``RETURNING``), or None."""
@@ -89,6 +98,32 @@ class Sql:
         cursor = self._conn.cursor()
         try:
             cursor.executemany(self._text(sql), rows)
+        finally:
+            cursor.close()
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """``INSERT`` many rows given as tuples in ``columns`` order (one executemany).
+
+        Positional parameters: binding a tuple costs the driver about half what
+        binding the same row from a dict of names does. ``table`` and
+        ``columns`` are the caller's constants, never input.
+        """
+        if not rows:
+            return
+        key = (table, tuple(columns))
+        statement = self._inserts.get(key)
+        if statement is None:
+            mark = "?" if self.dialect == "sqlite" else "%s"
+            statement = (
+                f"INSERT INTO {table} ({', '.join(columns)})"  # noqa: S608 (constants only)
+                f" VALUES ({', '.join(mark for _ in columns)})"
+            )
+            self._inserts[key] = statement
+        cursor = self._conn.cursor()
+        try:
+            cursor.executemany(statement, rows)
         finally:
             cursor.close()
 

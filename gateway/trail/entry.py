@@ -86,23 +86,37 @@ def _json_writes_jcs(value: Any) -> bool:
 
     Recursive like both encoders: a value too deep (or cyclic) for them raises
     ``RecursionError`` here too, and :func:`_canonical_json` leaves it to rfc8785.
+    Strings and integers inside a container are judged in the loop, without a
+    call of their own: an entry's members are mostly those.
     """
     kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or max(key) <= _LAST_BMP_CHARACTER):
+                return False
+            member = type(item)
+            if member is str:
+                continue
+            if member is int:
+                if not -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER:
+                    return False
+            elif not _json_writes_jcs(item):
+                return False
+        return True
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
         number: int = value
         return -_MAX_SAFE_INTEGER <= number <= _MAX_SAFE_INTEGER
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not (key.isascii() or max(key) <= _LAST_BMP_CHARACTER):
-                return False
-            if type(item) is not str and not _json_writes_jcs(item):
-                return False
-        return True
     if kind is list or kind is tuple:
-        for item in value:  # noqa: SIM110 (a loop: all() of a generator costs more)
-            if type(item) is not str and not _json_writes_jcs(item):
+        for item in value:
+            member = type(item)
+            if member is str:
+                continue
+            if member is int:
+                if not -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER:
+                    return False
+            elif not _json_writes_jcs(item):
                 return False
         return True
     return False

@@ -7,7 +7,6 @@ event and the state change it records commit in the same batch or not at all.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.ids import random_id
 from gateway.storage.models import trail_entries
 from gateway.trail.entry import EventType
 
@@ -32,15 +32,6 @@ class TrailEvent:
     resource: str | None = None
     subject: str | None = None  # the person's trail pseudonym
     details: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _uuid4() -> str:
-    """``str(uuid.uuid4())`` without building a ``UUID`` (RFC 9562 §5.4: 122 random bits)."""
-    b = bytearray(os.urandom(16))
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # variant 10 (RFC 9562 §4.1)
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _rfc3339(t: datetime) -> str:
@@ -66,12 +57,18 @@ class Trail:
 
     def __init__(self, policy_digest: str) -> None:
         self.policy_digest = policy_digest
+        # The last time written and its text: every entry of a batch shares one clock.
+        self._time: tuple[datetime | None, str] = (None, "")
 
     def event_object(self, event: TrailEvent, *, now: datetime) -> dict[str, Any]:
         """The JSON object recorded for ``event``: a random id, the time, the ids that are set."""
+        stamped, text = self._time  # one read: another thread may replace the pair
+        if stamped is not now:
+            text = _rfc3339(now)
+            self._time = (now, text)
         obj: dict[str, Any] = {
-            "id": _uuid4(),
-            "time": _rfc3339(now),
+            "id": random_id(),
+            "time": text,
             "type": str(event.type),
             "policy": self.policy_digest,
         }

@@ -7,10 +7,11 @@ waits. The writer takes everything queued and hands it, in one hop, to its own
 thread, which holds one synchronous connection for the writer's whole life
 (pysqlite or psycopg). There, one transaction (SQLite ``BEGIN IMMEDIATE``; on
 PostgreSQL a transaction-scoped advisory lock, held per batch and not per
-entry) runs each unit inside its own SAVEPOINT — a unit that raises is rolled
-back alone and its caller gets the exception — inserts the batch's entries and
-the Merkle hashes of its new leaves, commits, and only then releases every
-waiting handler. If the commit fails, every unit of the batch fails: no
+entry) runs each unit inside its own SAVEPOINT (opened when the unit first
+touches the database) — a unit that raises is rolled back alone and its
+caller gets the exception — inserts the batch's entries and the Merkle
+hashes of its new leaves, commits, and only then releases every waiting
+handler. If the commit fails, every unit of the batch fails: no
 handler continues believing its entry is durable.
 
 Units are coroutines so that they share helpers with the async read path,
@@ -32,6 +33,7 @@ company when asked to).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,13 +80,34 @@ Conn = AsyncConnection | UnitConnection
 
 
 class Tx:
-    """What a unit of work may use: the batch's connection, clock and ``record``."""
+    """What a unit of work may use: the batch's connection, clock and ``record``.
+
+    The unit's SAVEPOINT is opened when it first reaches for the database
+    (``tx.sql`` or ``tx.conn``): a unit that only records events changes
+    nothing a savepoint would have to undo, so it costs no statements.
+    """
 
     def __init__(self, conn: UnitConnection, sql: Sql, now: datetime, batch: _Batch) -> None:
-        self.conn = conn
-        self.sql = sql
+        self._conn = conn
+        self._sql = sql
         self.now = now
         self._batch = batch
+        self.savepoint = False  # whether this unit's SAVEPOINT is open
+
+    def _open(self) -> None:
+        if not self.savepoint:
+            self._sql.command("SAVEPOINT unit")
+            self.savepoint = True
+
+    @property
+    def sql(self) -> Sql:
+        self._open()
+        return self._sql
+
+    @property
+    def conn(self) -> UnitConnection:
+        self._open()
+        return self._conn
 
     async def record(self, events: Sequence[TrailEvent]) -> list[int]:
         """Append events to the trail in this batch; returns their indexes."""
@@ -111,6 +134,20 @@ def _drive(unit: Awaitable[T]) -> T:
     raise UnitWaited("a unit of work may only await its transaction (tx.conn, tx.record)")
 
 
+# The columns of a trail_entries row, in the order _Batch.append builds it.
+ENTRY_COLUMNS = (
+    "idx",
+    "entry",
+    "leaf_hash",
+    "type",
+    "time",
+    "client_id",
+    "consent_id",
+    "transfer_id",
+    "provider",
+)
+
+
 @dataclass
 class _Item:
     work: Work[Any]
@@ -123,9 +160,10 @@ class _Batch:
     sql: Sql
     start: int  # tree size when the batch began
     leaves: list[bytes] = field(default_factory=list)  # leaf hashes, in index order
-    # Entry rows, inserted once for the whole batch (one executemany) before the
-    # hashes; a unit that fails drops its own rows with its leaves.
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    # Entry rows (ENTRY_COLUMNS), inserted once for the whole batch (one
+    # executemany) before the hashes; a unit that fails drops its own rows
+    # with its leaves.
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
     _stored: tuple[datetime, Any] | None = None  # the batch's time, as stored
 
     def forget_from(self, mark: int) -> None:
@@ -147,29 +185,23 @@ class _Batch:
             leaf = merkle.leaf_hash(entry)
             self.leaves.append(leaf)
             self.rows.append(
-                {
-                    "idx": index,
-                    "entry": entry,
-                    "leaf_hash": leaf,
-                    "type": str(event.type),
-                    "time": stored_now,
-                    "client_id": event.client_id,
-                    "consent_id": event.consent_id,
-                    "transfer_id": event.transfer_id,
-                    "provider": event.provider,
-                }
+                (
+                    index,
+                    entry,
+                    leaf,
+                    str(event.type),
+                    stored_now,
+                    event.client_id,
+                    event.consent_id,
+                    event.transfer_id,
+                    event.provider,
+                )
             )
             indexes.append(index)
         return indexes
 
     def flush(self) -> None:
-        self.sql.many(
-            "INSERT INTO trail_entries"
-            " (idx, entry, leaf_hash, type, time, client_id, consent_id, transfer_id, provider)"
-            " VALUES (:idx, :entry, :leaf_hash, :type, :time, :client_id, :consent_id,"
-            " :transfer_id, :provider)",
-            self.rows,
-        )
+        self.sql.insert_rows("trail_entries", ENTRY_COLUMNS, self.rows)
 
 
 def tree_size(sql: Sql) -> int:
@@ -197,10 +229,7 @@ def _store_hashes(sql: Sql, start: int, leaves: Sequence[bytes]) -> None:
     if missing:
         raise RuntimeError(f"trail hashes missing from storage: {sorted(missing)[:5]}")
     new = merkle.hashes_to_store(start, leaves, lambda idx: [known[i] for i in idx])
-    sql.many(
-        "INSERT INTO trail_hashes (idx, hash) VALUES (:idx, :hash)",
-        [{"idx": i, "hash": h} for i, h in new],
-    )
+    sql.insert_rows("trail_hashes", ("idx", "hash"), new)
 
 
 @dataclass
@@ -227,7 +256,11 @@ class TrailWriter:
         self.clock = clock
         self.max_batch = max_batch
         self.linger_seconds = linger_seconds
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # Queued units, and the future the idle writer waits on for the next one:
+        # a deque and one wake-up per idle spell cost less than asyncio.Queue's
+        # wake-up per put.
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: ThreadPoolExecutor | None = None
         # Touched only in the writer's thread:
@@ -247,8 +280,8 @@ class TrailWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._queue:
+            item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(RuntimeError("trail writer stopped"))
         if self._thread is not None:
@@ -260,18 +293,27 @@ class TrailWriter:
         """Run ``work`` in the next batch; return once its batch is committed."""
         self.start()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(work, future))
+        self._queue.append(_Item(work, future))
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
         return await future
 
     async def _loop(self) -> None:
         while True:
             items: list[_Item] = []
             try:
-                items.append(await self._queue.get())
-                if self.linger_seconds > 0 and self._queue.qsize() < self.max_batch - 1:
+                queue = self._queue
+                while not queue:
+                    self._wakeup = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._wakeup
+                    finally:
+                        self._wakeup = None
+                if self.linger_seconds > 0 and len(queue) < self.max_batch:
                     await asyncio.sleep(self.linger_seconds)
-                while len(items) < self.max_batch and not self._queue.empty():
-                    items.append(self._queue.get_nowait())
+                while len(items) < self.max_batch and queue:
+                    items.append(queue.popleft())
                 await self._write(items)
             except asyncio.CancelledError:
                 # Stopped while holding units (lingering, or waiting for the
@@ -362,16 +404,18 @@ class TrailWriter:
             unit_conn = UnitConnection(conn)
             for item in items:
                 mark = len(batch.leaves)
-                sql.run("SAVEPOINT unit")
+                tx = Tx(unit_conn, sql, now, batch)
                 try:
-                    value = _drive(item.work(Tx(unit_conn, sql, now, batch)))
+                    value = _drive(item.work(tx))
                 except Exception as exc:  # the unit fails alone
-                    sql.run("ROLLBACK TO SAVEPOINT unit")
-                    sql.run("RELEASE SAVEPOINT unit")
+                    if tx.savepoint:
+                        sql.command("ROLLBACK TO SAVEPOINT unit")
+                        sql.command("RELEASE SAVEPOINT unit")
                     batch.forget_from(mark)
                     outcomes.append(_Outcome(item, False, exc))
                 else:
-                    sql.run("RELEASE SAVEPOINT unit")
+                    if tx.savepoint:
+                        sql.command("RELEASE SAVEPOINT unit")
                     outcomes.append(_Outcome(item, True, value))
             batch.flush()
             _store_hashes(sql, batch.start, batch.leaves)
