@@ -1,0 +1,68 @@
+"""``Sql.insert_rows``: multi-row chunks plus an executemany remainder, rows kept in order."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.storage.sql import ROWS_PER_INSERT, Sql
+from tests.conftest import PG_URL
+
+
+def _sqlite() -> Iterator[Sql]:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (n INTEGER NOT NULL, label TEXT, blob BLOB)")
+    try:
+        yield Sql(conn, "sqlite")
+    finally:
+        conn.close()
+
+
+def _postgresql() -> Iterator[Sql]:
+    if not PG_URL:
+        pytest.skip("GATEWAY_TEST_DATABASE_URL not set")
+    import psycopg
+
+    conn = psycopg.connect(PG_URL)
+    conn.execute("CREATE TEMPORARY TABLE t (n integer NOT NULL, label text, blob bytea)")
+    try:
+        yield Sql(conn, "postgresql")
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql(request: pytest.FixtureRequest) -> Iterator[Sql]:
+    yield from (_sqlite() if request.param == "sqlite" else _postgresql())
+
+
+@pytest.mark.parametrize(
+    "count",
+    [0, 1, ROWS_PER_INSERT - 1, ROWS_PER_INSERT, ROWS_PER_INSERT + 1, 2 * ROWS_PER_INSERT + 7],
+)
+def test_insert_rows_stores_every_row_in_order(sql: Sql, count: int) -> None:
+    rows: list[tuple[Any, ...]] = [
+        (i, None if i % 5 == 0 else f"row {i}", bytes([i % 256]) * 3) for i in range(count)
+    ]
+    sql.insert_rows("t", ("n", "label", "blob"), rows)
+    stored = [(n, label, bytes(blob)) for n, label, blob in sql.all("SELECT n, label, blob FROM t")]
+    assert stored == rows
+
+
+def test_insert_rows_is_one_statement_per_chunk(sql: Sql) -> None:
+    rows = [(i, "x", b"") for i in range(ROWS_PER_INSERT + 3)]
+    sql.insert_rows("t", ("n", "label", "blob"), rows)
+    # One cached text per shape: a full chunk and the single-row remainder.
+    assert sorted(count for _, _, count in sql._inserts) == [1, ROWS_PER_INSERT]
+    assert sql.one("SELECT count(*) FROM t") == (ROWS_PER_INSERT + 3,)
+
+
+def test_insert_rows_failure_leaves_the_error_to_the_caller(sql: Sql) -> None:
+    rows: list[tuple[Any, ...]] = [(i, "x", b"") for i in range(ROWS_PER_INSERT)]
+    rows[10] = (None, "bad", b"")  # n is NOT NULL
+    with pytest.raises(Exception, match=r"(?i)null"):
+        sql.insert_rows("t", ("n", "label", "blob"), rows)
