@@ -12,11 +12,12 @@ import logging
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.ids import random_id
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -74,7 +75,7 @@ class RequestContextMiddleware:
         for name, value in scope.get("headers", []):
             if name == b"x-request-id":
                 sent = valid_request_id(value.decode("latin-1"))
-        request_id = sent or str(uuid.uuid4())
+        request_id = sent or random_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500

@@ -18,7 +18,6 @@ assertions, at the token endpoint, go through ``jwt.decode``.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
+from gateway import ids
 from gateway.errors import OAuthError, Unauthenticated
 from gateway.jose import (
     CLIENT_ALGS,
@@ -322,7 +322,7 @@ def mint_consent_token(
         raise ValueError("signing key alg not in TOKEN_ALGS")
     iat = int(now)
     parsed = ConsentToken(
-        jti=secrets.token_urlsafe(16),
+        jti=ids.token(16),
         client_id=client_id,
         sub=sub,
         consent_id=consent_id,
@@ -545,7 +545,7 @@ def mint_provider_assertion(
         "sub": sub,
         "iat": iat,
         "exp": iat + lifetime,
-        "jti": secrets.token_urlsafe(16),
+        "jti": ids.token(16),
         "resource": resource,
         "purpose": purpose,
         "consent_id": consent_id,
@@ -611,7 +611,7 @@ def mint_audit_token(
         raise ValueError(f"audit token lifetime must be 1..{CONSENT_TOKEN_MAX_LIFETIME} s")
     iat = int(now)
     parsed = AuditToken(
-        jti=secrets.token_urlsafe(16),
+        jti=ids.token(16),
         client_id=client_id,
         scope=tuple(scope),
         jkt=jkt,

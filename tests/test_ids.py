@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import threading
 import time
 import uuid
 
-from gateway.ids import random_id, time_ordered_id
+import pytest
+
+from gateway import ids
+from gateway.ids import POOL_SIZE, random_bytes, random_id, time_ordered_id, token
 
 # The version (bits 48-51) and variant (bits 64-65) fields, counted from the left.
 VERSION_AND_VARIANT = (0xF << 76) | (0x3 << 62)
@@ -64,3 +70,75 @@ def test_ids_of_a_later_millisecond_sort_after_earlier_ones() -> None:
     second = time_ordered_id()
     assert first < second
     assert uuid.UUID(first).int < uuid.UUID(second).int
+
+
+def test_random_bytes_are_never_handed_out_twice_across_refills() -> None:
+    # Draw well past several refills in odd sizes; 16-byte windows never repeat.
+    drawn = b"".join(random_bytes(n) for n in [1, 7, 16, 33, 1000, POOL_SIZE] * 20)
+    windows = [drawn[i : i + 16] for i in range(0, len(drawn) - 16, 16)]
+    assert len(set(windows)) == len(windows)
+    assert len(random_bytes(POOL_SIZE * 3)) == POOL_SIZE * 3  # larger than a pool
+
+
+def test_random_bytes_from_several_threads_do_not_overlap() -> None:
+    results: list[list[bytes]] = [[] for _ in range(4)]
+
+    def draw(out: list[bytes]) -> None:
+        for _ in range(2000):
+            out.append(random_bytes(16))
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [b for out in results for b in out]
+    assert len(set(everything)) == len(everything) == 8000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_repeat_its_parents_random_bytes() -> None:
+    random_bytes(1)  # the pool is filled and partly used before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send what it draws next, then leave at once
+        try:
+            os.write(write, random_bytes(64))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = b""
+    while len(child) < 64:
+        chunk = os.read(read, 64 - len(child))
+        if not chunk:
+            break
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = random_bytes(64)
+    assert len(child) == 64
+    assert child != parent
+
+
+def test_tokens_are_url_safe_and_carry_the_requested_bytes() -> None:
+    values = [token(16) for _ in range(500)]
+    for value in values:
+        assert "=" not in value and "+" not in value and "/" not in value
+        assert len(base64.urlsafe_b64decode(value + "==")) == 16
+    assert len(set(values)) == 500
+    assert len(base64.urlsafe_b64decode(token(32) + "=")) == 32
+
+
+def test_the_pool_refills_from_the_operating_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(ids.os, "urandom", counting)
+    ids._pool.forget()
+    for _ in range(POOL_SIZE // 16 + 1):
+        random_bytes(16)
+    assert calls == [POOL_SIZE, POOL_SIZE]  # one refill per pool, not one per id
