@@ -333,6 +333,10 @@ def create_app(
             await close_runtime(rt)
 
     routes: list[Route | Mount] = [
+        # First: nearly every request is a transfer, and Starlette tries the
+        # routes in order, matching each one's pattern (no other route starts
+        # with /data/, so the order changes no outcome).
+        Route("/data/{provider}/{resource}", data, methods=["GET"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/.well-known/oauth-authorization-server", metadata.metadata),
@@ -352,7 +356,6 @@ def create_app(
         Route("/api/me/consents/{consent_id}/receipt", pages.api_receipt),
         Route("/api/me/transfers", pages.api_transfers),
         Route("/api/me/consents/{consent_id}/revoke", pages.api_revoke, methods=["POST"]),
-        Route("/data/{provider}/{resource}", data, methods=["GET"]),
         Route("/trail/checkpoint", audit.checkpoint),
         Route("/trail/verifier-key", audit.verifier_key),
         Route("/trail/proof/inclusion", audit.inclusion_proof),

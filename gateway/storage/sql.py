@@ -49,6 +49,12 @@ class Sql:
         self.dialect = dialect
         self._texts: dict[str, str] = {}
         self._inserts: dict[tuple[str, tuple[str, ...], int], str] = {}
+        self._last_time: tuple[datetime, Any] | None = None
+
+    @property
+    def connection(self) -> Any:
+        """The DB-API connection the statements run on."""
+        return self._conn
 
     def _text(self, sql: str) -> str:
         if self.dialect == "sqlite":
@@ -149,10 +155,15 @@ class Sql:
 
     def time(self, value: datetime) -> Any:
         """A UTC datetime as the ``UtcDateTime`` columns store it."""
+        last = self._last_time
+        if last is not None and last[0] is value:
+            return last[1]  # a batch's units all share one clock reading
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         naive = value.astimezone(UTC).replace(tzinfo=None)
-        return naive.strftime(_SQLITE_TIME) if self.dialect == "sqlite" else naive
+        stored = naive.strftime(_SQLITE_TIME) if self.dialect == "sqlite" else naive
+        self._last_time = (value, stored)
+        return stored
 
     def read_time(self, value: Any) -> datetime:
         """The inverse of :meth:`time`, for a value read back from a row."""

@@ -164,7 +164,6 @@ class _Batch:
     # executemany) before the hashes; a unit that fails drops its own rows
     # with its leaves.
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    _stored: tuple[datetime, Any] | None = None  # the batch's time, as stored
 
     def forget_from(self, mark: int) -> None:
         del self.leaves[mark:]
@@ -176,9 +175,7 @@ class _Batch:
 
     def append(self, events: Sequence[TrailEvent], now: datetime) -> list[int]:
         indexes: list[int] = []
-        if self._stored is None or self._stored[0] is not now:
-            self._stored = (now, self.sql.time(now))  # every unit of a batch shares its clock
-        stored_now = self._stored[1]
+        stored_now = self.sql.time(now)  # converted once per batch: Sql keeps the last
         for event in events:
             entry = encode_entry(self.trail.event_object(event, now=now))
             index = self.next_index
@@ -266,6 +263,7 @@ class TrailWriter:
         # Touched only in the writer's thread:
         self._engine: Engine | None = None
         self._conn: Connection | None = None
+        self._sql: Sql | None = None  # on self._conn's DB-API connection; keeps its caches
         self.batches_written = 0
 
     def start(self) -> None:
@@ -375,6 +373,7 @@ class TrailWriter:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+            self._sql = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -391,12 +390,16 @@ class TrailWriter:
             with contextlib.suppress(Exception):
                 conn.close()
             self._conn = None
+            self._sql = None
             raise
 
     def _transaction(self, conn: Connection, items: list[_Item]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
         with conn.begin():
-            sql = Sql(conn.connection.dbapi_connection, conn.dialect.name)
+            dbapi = conn.connection.dbapi_connection
+            sql = self._sql
+            if sql is None or sql.connection is not dbapi:
+                sql = self._sql = Sql(dbapi, conn.dialect.name)
             if sql.dialect == "postgresql":
                 sql.run("SELECT pg_advisory_xact_lock(:k)", {"k": PG_TRAIL_LOCK})
             batch = _Batch(self.trail, sql, start=tree_size(sql))

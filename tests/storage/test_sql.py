@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -66,3 +67,15 @@ def test_insert_rows_failure_leaves_the_error_to_the_caller(sql: Sql) -> None:
     rows[10] = (None, "bad", b"")  # n is NOT NULL
     with pytest.raises(Exception, match=r"(?i)null"):
         sql.insert_rows("t", ("n", "label", "blob"), rows)
+
+
+def test_time_converts_each_clock_reading_and_refuses_naive_ones(sql: Sql) -> None:
+    first = datetime(2026, 12, 7, 10, 0, 0, 123456, tzinfo=UTC)
+    later = first + timedelta(seconds=1)
+    paris = first.astimezone(timezone(timedelta(hours=1)))
+    stored = [sql.time(first), sql.time(first), sql.time(later), sql.time(paris)]
+    assert stored[0] == stored[1] == stored[3]  # the same instant, however written
+    assert stored[2] != stored[0]
+    assert sql.read_time(stored[2]) == later
+    with pytest.raises(ValueError, match="naive"):
+        sql.time(first.replace(tzinfo=None))
