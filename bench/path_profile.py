@@ -119,6 +119,21 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
 
                 sync_engine = app.state.runtime.engine.sync_engine
                 event.listen(sync_engine, "before_cursor_execute", count)
+                # The writer's lean statements bypass SQLAlchemy's events.
+                from gateway.storage.sql import Sql
+
+                def counted(name: str) -> None:
+                    original = getattr(Sql, name)
+
+                    def wrapper(self, sql, *args, **kwargs):  # type: ignore[no-untyped-def]
+                        shown = sql if isinstance(sql, str) else f"{name} {sql}"
+                        statements[" ".join(shown.split())[:110]] += 1
+                        return original(self, sql, *args, **kwargs)
+
+                    setattr(Sql, name, wrapper)
+
+                for name in ("run", "command", "commands", "one", "all", "many", "insert_rows"):
+                    counted(name)
             profiler = cProfile.Profile() if args.cprofile else None
             ticks = _thread_ticks()
             cpu, wall = time.process_time(), time.perf_counter()

@@ -96,7 +96,13 @@ class Tx:
 
     def _open(self) -> None:
         if not self.savepoint:
-            self._sql.command("SAVEPOINT unit")
+            batch = self._batch
+            if batch.release_pending:
+                # The previous unit's RELEASE rides with this SAVEPOINT.
+                self._sql.commands("RELEASE SAVEPOINT unit", "SAVEPOINT unit")
+                batch.release_pending = False
+            else:
+                self._sql.command("SAVEPOINT unit")
             self.savepoint = True
 
     @property
@@ -164,6 +170,9 @@ class _Batch:
     # executemany) before the hashes; a unit that fails drops its own rows
     # with its leaves.
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    # A unit that succeeded leaves its SAVEPOINT open: the next unit to open
+    # one releases it in the same call, and the commit releases the last.
+    release_pending: bool = False
 
     def forget_from(self, mark: int) -> None:
         del self.leaves[mark:]
@@ -412,13 +421,12 @@ class TrailWriter:
                     value = _drive(item.work(tx))
                 except Exception as exc:  # the unit fails alone
                     if tx.savepoint:
-                        sql.command("ROLLBACK TO SAVEPOINT unit")
-                        sql.command("RELEASE SAVEPOINT unit")
+                        sql.commands("ROLLBACK TO SAVEPOINT unit", "RELEASE SAVEPOINT unit")
                     batch.forget_from(mark)
                     outcomes.append(_Outcome(item, False, exc))
                 else:
                     if tx.savepoint:
-                        sql.command("RELEASE SAVEPOINT unit")
+                        batch.release_pending = True
                     outcomes.append(_Outcome(item, True, value))
             batch.flush()
             _store_hashes(sql, batch.start, batch.leaves)
