@@ -34,6 +34,7 @@ Bodies and assertions are never logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -107,6 +108,16 @@ def _parse_json(body: bytes) -> Any:
         ) from exc
 
 
+@functools.lru_cache(maxsize=1024)
+def _policy_url(base_url: str, path: str) -> httpx.URL:
+    """A resource's URL, parsed once: httpx spends ~18 µs parsing one per request.
+
+    Keyed by policy strings only (the query, which may name a person, is
+    never cached).
+    """
+    return httpx.URL(base_url + path)
+
+
 class Relay:
     """Pooled HTTP clients, one per provider, created once at start-up."""
 
@@ -156,8 +167,9 @@ class Relay:
         # CPU per request (bench/README.md). Timeouts travel in the request.
         request = httpx.Request(
             resource.method,
-            provider.base_url + resource.path,
-            params=dict(query),
+            _policy_url(provider.base_url, resource.path),
+            # Merging parameters re-parses the URL: only when there are some.
+            params=dict(query) if query else None,
             headers={
                 "Authorization": f"Bearer {assertion}",
                 "Accept": "application/json",

@@ -132,6 +132,22 @@ async def test_request_is_built_from_policy_with_allowlisted_headers_only() -> N
     }
 
 
+async def test_each_request_carries_its_own_query_or_none() -> None:
+    # The resource's URL is parsed once and reused; queries never leak between calls.
+    fake = FakeProvider(json_answer)
+    provider, resource = make_provider()
+    relay = Relay({"dgfip": provider}, transport=httpx.ASGITransport(app=fake.app))
+    try:
+        for query in ({"annee": "2023"}, {}, {"annee": "2024"}, {}):
+            await relay.fetch(
+                provider, resource, query=query, assertion="a.b.c", transfer_id="tr_q"
+            )
+    finally:
+        await relay.aclose()
+    assert [r.url.query for r in fake.requests] == ["annee=2023", "", "annee=2024", ""]
+    assert {r.url.path for r in fake.requests} == {PATH}
+
+
 async def test_json_suffix_media_types_are_accepted() -> None:
     async def handler(request: Request) -> Response:
         return Response(b'{"a": 1}', media_type="application/vnd.dgfip+json; charset=utf-8")
