@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     from gateway.server import serve
 
-    return serve(args.host, args.port, args.workers)
+    return serve(args.host, args.port, args.workers, gc_thresholds=settings.gc_thresholds)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

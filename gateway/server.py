@@ -6,10 +6,22 @@ by forked workers, as ``uvicorn --workers`` does, can land every connection on
 one worker under load: measured on this project's benchmark machine.) The
 parent only supervises: it forwards SIGINT/SIGTERM and exits when the workers
 have, with the first non-zero exit status.
+
+Garbage collection: once a worker has started (runtime built, policies
+loaded, modules imported), :func:`tune_gc` moves everything alive to the
+permanent generation (``gc.freeze``), so later collections stop re-scanning
+what lives as long as the process, and raises the thresholds so that the
+young generation is collected every 20,000 allocations rather than 700. A
+transfer allocates a few thousand containers; with Python's defaults the
+collector ran several times per transfer. Measured (bench/README.md): about
+−17 % CPU per transfer and half the p99. ``GATEWAY_GC_THRESHOLDS`` overrides
+the three thresholds (``Settings.gc_thresholds``; ``700,10,10`` are Python's
+own).
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -18,6 +30,8 @@ import sys
 from types import FrameType
 
 import uvicorn
+
+from gateway.settings import GC_THRESHOLDS
 
 
 def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -33,6 +47,26 @@ def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def tune_gc(thresholds: tuple[int, int, int]) -> None:
+    """Freeze what start-up made and set the collector's thresholds (module docstring)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, tuning the collector once the app's start-up is done."""
+
+    def __init__(self, config: uvicorn.Config, thresholds: tuple[int, int, int]) -> None:
+        super().__init__(config)
+        self._thresholds = thresholds
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            tune_gc(self._thresholds)
+
+
 def _config() -> uvicorn.Config:
     return uvicorn.Config(
         "gateway.app:create_app",
@@ -45,16 +79,18 @@ def _config() -> uvicorn.Config:
     )
 
 
-def _worker(host: str, port: int) -> None:
+def _worker(host: str, port: int, thresholds: tuple[int, int, int]) -> None:
     sock = _socket(host, port, reuse_port=True)
-    server = uvicorn.Server(_config())
-    server.run(sockets=[sock])
+    _Server(_config(), thresholds).run(sockets=[sock])
 
 
-def serve(host: str, port: int, workers: int) -> int:
+def serve(
+    host: str, port: int, workers: int, *, gc_thresholds: tuple[int, int, int] = GC_THRESHOLDS
+) -> int:
+    thresholds = gc_thresholds
     if workers <= 1:
         sock = _socket(host, port, reuse_port=False)
-        uvicorn.Server(_config()).run(sockets=[sock])
+        _Server(_config(), thresholds).run(sockets=[sock])
         return 0
     # Fail early, in the parent, if the address is taken by someone else; the
     # probe never listens, so no connection can be queued on it.
@@ -63,7 +99,7 @@ def serve(host: str, port: int, workers: int) -> int:
     probe.bind((host, port))
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(host, port), name=f"gateway-worker-{i}")
+        context.Process(target=_worker, args=(host, port, thresholds), name=f"gateway-worker-{i}")
         for i in range(workers)
     ]
     for process in processes:

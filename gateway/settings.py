@@ -13,6 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# Collector thresholds (generations 0, 1, 2) once a worker has started: see
+# gateway/server.py. Python's own are 700, 10, 10.
+GC_THRESHOLDS = (20_000, 20, 50)
+
+
+def _gc_thresholds(raw: str | None) -> tuple[int, int, int]:
+    if not (raw or "").strip():
+        return GC_THRESHOLDS
+    try:
+        values = tuple(int(part) for part in (raw or "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or values[0] < 1 or min(values) < 0:
+        raise SettingsError(
+            "GATEWAY_GC_THRESHOLDS must be three integers, the first positive (e.g. 20000,20,50)"
+        )
+    return values[0], values[1], values[2]
+
 
 class SettingsError(Exception):
     """A configuration variable has a value the gateway cannot use."""
@@ -69,6 +87,8 @@ class Settings:
     checkpoint_interval_seconds: float = 1.0
     # How often due revocation notices are (re)tried.
     notice_interval_seconds: float = 1.0
+    # The collector's thresholds in a serving worker (gateway/server.py).
+    gc_thresholds: tuple[int, int, int] = GC_THRESHOLDS
 
     @property
     def https_only(self) -> bool:
@@ -144,6 +164,7 @@ class Settings:
         if batch_max < 1 or linger_ms < 0 or checkpoint_every <= 0:
             raise SettingsError("trail batch and checkpoint settings must be positive")
         values: dict[str, object] = {
+            "gc_thresholds": _gc_thresholds(env.get("GATEWAY_GC_THRESHOLDS")),
             "trail_origin": origin,
             "trail_batch_max": batch_max,
             "trail_batch_linger_ms": linger_ms,
