@@ -83,7 +83,7 @@ def create_writer_engine(url: URL) -> Engine:
 # 1, 2, 5, 10, 15, 20, 25 ms..., so under load a waiting process kept missing
 # the moments the other released the lock; polling keeps two writers taking
 # turns. A batch holds the lock for well under a millisecond here, so a 1 ms
-# ceiling still overslept: two workers, five quick runs each, 200 µs against
+# ceiling still overslept: two workers, four quick runs each, 200 µs against
 # 1 ms gave 1,356-1,523 vs 1,156-1,383 transfers/s and p99 34-40 vs 52-69 ms
 # (bench/README.md). It runs in the writer's thread, never in an event loop.
 _LOCK_POLL_FIRST_S = 0.00005
