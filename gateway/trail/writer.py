@@ -14,6 +14,16 @@ hashes of its new leaves, commits, and only then releases every waiting
 handler. If the commit fails, every unit of the batch fails: no
 handler continues believing its entry is durable.
 
+Savepoints cost statements (on PostgreSQL, round trips made while every
+process waits for the trail lock), and units almost never fail. So a batch is
+first run *optimistically*, without savepoints; if a unit that reached for
+the database raises, the whole transaction is rolled back and the batch run
+again *carefully*, a SAVEPOINT per unit, where the unit fails alone. Units are
+therefore run again from scratch on a retry: they must keep their effects to
+the database and to values they overwrite (every unit here does). After a
+retry, the next few batches start carefully, so that a run of refusals does
+not pay twice for each batch.
+
 Units are coroutines so that they share helpers with the async read path,
 but in the writer's thread every ``await`` on :class:`UnitConnection` or
 ``tx.record`` completes at once: the writer drives each unit with a single
@@ -56,6 +66,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+# After a batch had to be run again carefully, this many batches start carefully.
+CAREFUL_AFTER_RETRY = 8
+
 # Arbitrary constant naming the trail's advisory lock on PostgreSQL.
 PG_TRAIL_LOCK = 0x7472_6169  # "trai"
 
@@ -82,20 +95,27 @@ Conn = AsyncConnection | UnitConnection
 class Tx:
     """What a unit of work may use: the batch's connection, clock and ``record``.
 
-    The unit's SAVEPOINT is opened when it first reaches for the database
-    (``tx.sql`` or ``tx.conn``): a unit that only records events changes
-    nothing a savepoint would have to undo, so it costs no statements.
+    In a careful batch, the unit's SAVEPOINT is opened when it first reaches
+    for the database (``tx.sql`` or ``tx.conn``): a unit that only records
+    events changes nothing a savepoint would have to undo, so it costs no
+    statements. In an optimistic batch there are no savepoints; ``touched``
+    says whether the unit reached for the database at all.
     """
 
-    def __init__(self, conn: UnitConnection, sql: Sql, now: datetime, batch: _Batch) -> None:
+    def __init__(
+        self, conn: UnitConnection, sql: Sql, now: datetime, batch: _Batch, *, careful: bool
+    ) -> None:
         self._conn = conn
         self._sql = sql
         self.now = now
         self._batch = batch
+        self._careful = careful
         self.savepoint = False  # whether this unit's SAVEPOINT is open
+        self.touched = False  # whether this unit reached for the database
 
     def _open(self) -> None:
-        if not self.savepoint:
+        self.touched = True
+        if self._careful and not self.savepoint:
             batch = self._batch
             if batch.release_pending:
                 # The previous unit's RELEASE rides with this SAVEPOINT.
@@ -121,6 +141,10 @@ class Tx:
 
 
 Work = Callable[[Tx], Awaitable[T]]
+
+
+class _Retry(Exception):
+    """An optimistic batch must be rolled back and run again carefully."""
 
 
 class UnitWaited(RuntimeError):
@@ -273,7 +297,9 @@ class TrailWriter:
         self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._sql: Sql | None = None  # on self._conn's DB-API connection; keeps its caches
+        self._careful_left = 0  # batches still to run carefully after a retry
         self.batches_written = 0
+        self.batches_retried = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -390,7 +416,16 @@ class TrailWriter:
     def _write_batch(self, items: list[_Item]) -> list[_Outcome]:
         conn = self._connection()
         try:
-            return self._transaction(conn, items)
+            if self._careful_left > 0:
+                self._careful_left -= 1
+            else:
+                try:
+                    return self._transaction(conn, items, careful=False)
+                except _Retry:  # rolled back: run every unit again, each in a savepoint
+                    self.batches_retried += 1
+                    log.debug("trail.batch_retried", units=len(items))
+                    self._careful_left = CAREFUL_AFTER_RETRY
+            return self._transaction(conn, items, careful=True)
         except Exception:
             log.exception("trail.batch_failed", units=len(items))
             # Whatever state the connection is in, the next batch starts afresh.
@@ -402,7 +437,9 @@ class TrailWriter:
             self._sql = None
             raise
 
-    def _transaction(self, conn: Connection, items: list[_Item]) -> list[_Outcome]:
+    def _transaction(
+        self, conn: Connection, items: list[_Item], *, careful: bool
+    ) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
         with conn.begin():
             dbapi = conn.connection.dbapi_connection
@@ -416,10 +453,15 @@ class TrailWriter:
             unit_conn = UnitConnection(conn)
             for item in items:
                 mark = len(batch.leaves)
-                tx = Tx(unit_conn, sql, now, batch)
+                tx = Tx(unit_conn, sql, now, batch, careful=careful)
                 try:
                     value = _drive(item.work(tx))
                 except Exception as exc:  # the unit fails alone
+                    if not careful and tx.touched:
+                        # It may have changed rows, or (PostgreSQL) failed a
+                        # statement and aborted the transaction: no savepoint
+                        # to go back to, so the batch goes back to the start.
+                        raise _Retry from exc
                     if tx.savepoint:
                         sql.commands("ROLLBACK TO SAVEPOINT unit", "RELEASE SAVEPOINT unit")
                     batch.forget_from(mark)

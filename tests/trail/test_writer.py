@@ -203,6 +203,7 @@ async def test_a_failing_unit_is_rolled_back_alone(engine: AsyncEngine) -> None:
             return_exceptions=True,
         )
         assert writer.batches_written == before + 1  # all five in one batch
+        assert writer.batches_retried == 1  # run optimistically, then again carefully
         assert await writer.run(unit("last")) == [6]
     finally:
         await writer.stop()
@@ -221,6 +222,120 @@ async def test_a_failing_unit_is_rolled_back_alone(engine: AsyncEngine) -> None:
     ]
     async with engine.connect() as conn:
         await check_log(conn)
+
+
+def savepoint_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SAVEPOINT-family statement the writer sends, in order."""
+    sent: list[str] = []
+    command, commands = Sql.command, Sql.commands
+
+    def record_command(self: Sql, statement: str) -> None:
+        sent.append(statement)
+        command(self, statement)
+
+    def record_commands(self: Sql, *statements: str) -> None:
+        sent.extend(statements)
+        commands(self, *statements)
+
+    monkeypatch.setattr(Sql, "command", record_command)
+    monkeypatch.setattr(Sql, "commands", record_commands)
+    return sent
+
+
+async def test_a_batch_without_failures_runs_without_savepoints(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = savepoint_statements(monkeypatch)
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
+    try:
+        results = await asyncio.gather(*(writer.run(unit(f"calm-{i}")) for i in range(6)))
+    finally:
+        await writer.stop()
+    assert sorted(i for [i] in results) == list(range(6))
+    assert writer.batches_retried == 0
+    assert [s for s in sent if "SAVEPOINT" in s] == []
+    assert await state_keys(engine) == {f"calm-{i}" for i in range(6)}
+
+
+async def test_a_failure_before_touching_the_database_needs_no_retry(
+    engine: AsyncEngine,
+) -> None:
+    async def refuses_early(tx: Tx) -> None:
+        raise Refused("checked before any statement")
+
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
+    try:
+        outcomes = await asyncio.gather(
+            writer.run(unit("early-1")),
+            writer.run(refuses_early),
+            writer.run(unit("early-2")),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.stop()
+    assert isinstance(outcomes[1], Refused)
+    assert [outcomes[0], outcomes[2]] == [[0], [1]]
+    assert writer.batches_retried == 0
+    assert await state_keys(engine) == {"early-1", "early-2"}
+
+
+async def test_a_retried_batch_runs_each_unit_again_but_commits_it_once(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = savepoint_statements(monkeypatch)
+    runs: dict[str, int] = {}
+
+    def counted(name: str, fail: Exception | None = None) -> Callable[[Tx], Awaitable[list[int]]]:
+        inner = unit(name, fail=fail)
+
+        async def work(tx: Tx) -> list[int]:
+            runs[name] = runs.get(name, 0) + 1
+            return await inner(tx)
+
+        return work
+
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
+    try:
+        outcomes = await asyncio.gather(
+            writer.run(counted("r-ok-1")),
+            writer.run(counted("r-bad", fail=Refused("after its insert"))),
+            writer.run(counted("r-ok-2")),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.stop()
+    assert writer.batches_retried == 1
+    # The optimistic pass ran the first two (the second raised), the careful
+    # pass all three; the bad unit's insert and entry are gone, the others kept once.
+    assert runs == {"r-ok-1": 2, "r-bad": 2, "r-ok-2": 1}
+    assert isinstance(outcomes[1], Refused)
+    assert [outcomes[0], outcomes[2]] == [[0], [1]]
+    assert await state_keys(engine) == {"r-ok-1", "r-ok-2"}
+    assert await transfer_ids(engine) == ["r-ok-1-0", "r-ok-2-0"]
+    assert "ROLLBACK TO SAVEPOINT unit" in sent  # the careful pass undid the bad unit alone
+    async with engine.connect() as conn:
+        await check_log(conn)
+
+
+async def test_after_a_retry_the_next_batches_start_carefully(engine: AsyncEngine) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now)
+    try:
+        with pytest.raises(Refused):
+            await writer.run(unit("c-0", fail=Refused("first")))
+        assert writer.batches_retried == 1
+        # The following batches are careful: a failing unit there fails alone, no retry.
+        for i in range(1, writer_module.CAREFUL_AFTER_RETRY + 1):
+            with pytest.raises(Refused):
+                await writer.run(unit(f"c-{i}", fail=Refused("again")))
+        assert writer.batches_retried == 1
+        # Then optimism returns, and with it one retry for the next failure.
+        with pytest.raises(Refused):
+            await writer.run(unit("c-last", fail=Refused("once more")))
+        assert writer.batches_retried == 2
+        assert await writer.run(unit("c-fine")) == [0]
+    finally:
+        await writer.stop()
+    assert await state_keys(engine) == {"c-fine"}
 
 
 async def test_a_failed_commit_fails_every_unit_of_the_batch(
