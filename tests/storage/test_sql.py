@@ -79,3 +79,36 @@ def test_time_converts_each_clock_reading_and_refuses_naive_ones(sql: Sql) -> No
     assert sql.read_time(stored[2]) == later
     with pytest.raises(ValueError, match="naive"):
         sql.time(first.replace(tzinfo=None))
+
+
+def test_results_stay_apart_whichever_cursor_runs_them(sql: Sql) -> None:
+    """On PostgreSQL one cursor runs everything: each call's result is its own."""
+    sql.insert_rows("t", ("n", "label", "blob"), [(i, f"r{i}", b"") for i in range(5)])
+    every = sql.all("SELECT n FROM t ORDER BY n")
+    first = sql.one("SELECT n, label FROM t WHERE n = :n", {"n": 3})
+    changed = sql.run("UPDATE t SET label = :label WHERE n < :n", {"label": "low", "n": 2})
+    sql.command("SAVEPOINT probe")
+    sql.commands("RELEASE SAVEPOINT probe", "SAVEPOINT probe")
+    nothing = sql.one("SELECT n FROM t WHERE n = :n", {"n": 99})
+    assert every == [(0,), (1,), (2,), (3,), (4,)]
+    assert first == (3, "r3")
+    assert changed == 2
+    assert nothing is None
+    assert sql.all("SELECT label FROM t WHERE n < 2") == [("low",), ("low",)]
+
+
+def test_postgresql_keeps_one_cursor_and_survives_a_failed_statement() -> None:
+    for sql in _postgresql():
+        sql.run("INSERT INTO t (n, label) VALUES (:n, :label)", {"n": 1, "label": "kept"})
+        shared = sql._shared
+        assert shared is not None
+        sql.one("SELECT count(*) FROM t")
+        assert sql._shared is shared  # no cursor opened per statement
+        sql.command("SAVEPOINT before_bad")
+        with pytest.raises(Exception, match=r"(?i)null"):
+            sql.run("INSERT INTO t (n) VALUES (:n)", {"n": None})
+        sql.command("ROLLBACK TO SAVEPOINT before_bad")
+        assert sql.one("SELECT label FROM t WHERE n = 1") == ("kept",)
+        shared.close()  # a closed cursor is replaced, not reused
+        assert sql.one("SELECT count(*) FROM t") == (1,)
+        assert sql._shared is not shared
