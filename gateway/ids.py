@@ -34,28 +34,37 @@ import time
 POOL_SIZE = 4096
 
 
-class _RandomPool:
-    """Bytes of ``os.urandom``, handed out once each, refilled a pool at a time."""
+class _RandomPool(threading.local):
+    """Bytes of ``os.urandom``, handed out once each, refilled a pool at a time.
+
+    One pool per thread (a ``threading.local``): the event loop makes request
+    and transfer ids while the trail writer's thread makes entry ids, and a
+    pool shared under a lock made each wait for the other whenever the holder
+    was preempted (GIL hand-offs; bench/README.md). Bytes never pass from one
+    thread's pool to another's, so none is handed out twice.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._taken = 0
+        self.pool = b""
+        self.taken = 0
 
     def take(self, n: int) -> bytes:
-        with self._lock:
-            if self._taken + n > len(self._pool):
-                self._pool = os.urandom(max(POOL_SIZE, n))
-                self._taken = 0
-            start = self._taken
-            self._taken = start + n
-            return self._pool[start : start + n]
+        start = self.taken
+        end = start + n
+        if end > len(self.pool):
+            self.pool = os.urandom(max(POOL_SIZE, n))
+            start, end = 0, n
+        self.taken = end
+        return self.pool[start:end]
 
     def forget(self) -> None:
-        """After a fork: the child must not hand out the bytes its parent will."""
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._taken = 0
+        """After a fork: the child must not hand out the bytes its parent will.
+
+        Only the forking thread lives on in the child, with its own pool: that
+        is the one to empty.
+        """
+        self.pool = b""
+        self.taken = 0
 
 
 _pool = _RandomPool()

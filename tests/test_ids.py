@@ -142,3 +142,24 @@ def test_the_pool_refills_from_the_operating_system(monkeypatch: pytest.MonkeyPa
     for _ in range(POOL_SIZE // 16 + 1):
         random_bytes(16)
     assert calls == [POOL_SIZE, POOL_SIZE]  # one refill per pool, not one per id
+
+
+def test_each_thread_draws_from_a_pool_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trail writer's thread and the event loop take no lock between them.
+    calls: list[str] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(threading.current_thread().name)
+        return real(n)
+
+    monkeypatch.setattr(ids.os, "urandom", counting)
+    ids._pool.forget()
+    mine = random_bytes(16)
+    other: list[bytes] = []
+    worker = threading.Thread(target=lambda: other.append(random_bytes(16)), name="writer")
+    worker.start()
+    worker.join()
+    again = random_bytes(16)
+    assert calls == [threading.current_thread().name, "writer"]  # one refill each
+    assert len({mine, other[0], again}) == 3
