@@ -59,7 +59,9 @@ class Sql:
         self._texts: dict[str, str] = {}
         self._inserts: dict[tuple[str, tuple[str, ...], int], str] = {}
         self._last_time: tuple[datetime, Any] | None = None
-        self._shared: Any = None  # PostgreSQL: the one cursor every statement runs on
+        # PostgreSQL: the one cursor every statement runs on (module docstring).
+        self._share_cursor = dialect == "postgresql"
+        self._shared: Any = None
 
     @property
     def connection(self) -> Any:
@@ -71,7 +73,7 @@ class Sql:
         if shared is not None and not shared.closed:
             return shared
         cursor = self._conn.cursor()
-        if self.dialect == "postgresql":
+        if self._share_cursor:
             self._shared = cursor
         return cursor
 
@@ -99,22 +101,17 @@ class Sql:
             self._done(cursor)
 
     def command(self, sql: str) -> None:
-        """A statement without parameters or result (``SAVEPOINT``, ``RELEASE``).
-
-        No parameter style to convert (a statement without parameters has
-        none); on SQLite, run on the connection itself, with no cursor of ours.
-        """
-        if self.dialect == "postgresql":
-            self._cursor().execute(sql)
-        else:
-            self._conn.execute(sql)
+        """A statement without parameters or result (``SAVEPOINT``, ``RELEASE``)."""
+        self.commands(sql)
 
     def commands(self, *statements: str) -> None:
-        """Several :meth:`command` statements; one round trip on PostgreSQL.
+        """Statements without parameters or result; one round trip on PostgreSQL.
 
-        psycopg sends a statement without parameters with the simple query
-        protocol, which takes several separated by semicolons; sqlite3 runs
-        one per call, in process, where a call costs microseconds.
+        No parameter style to convert (a statement without parameters has
+        none). psycopg sends such a text with the simple query protocol, which
+        takes several statements separated by semicolons; sqlite3 runs one per
+        call, on the connection itself, in process, where a call costs
+        microseconds.
         """
         if self.dialect == "postgresql":
             self._cursor().execute("; ".join(statements))

@@ -80,29 +80,26 @@ class EventType(StrEnum):
 _MAX_SAFE_INTEGER = 2**53 - 1  # rfc8785's bound (RFC 7493 §2.2)
 _LAST_BMP_CHARACTER = "\uffff"
 
-_json_text: Callable[[Any], str] = json.JSONEncoder(
-    ensure_ascii=False, sort_keys=True, separators=(",", ":")
-).encode
-
 
 def _no_default(value: Any) -> Any:
     raise TypeError(f"not JSON: {type(value).__name__}")  # never reached: checked first
 
 
-# ``JSONEncoder.encode`` builds a new C encoder on every call (about a third of
-# its time for an entry). The one it would build, made once: no circular-
-# reference markers (``_json_writes_jcs`` recurses first, and a cycle or a
-# value too deep raises RecursionError there), the same separators, sorted
-# keys, non-ASCII as is. Where CPython's ``_json`` is missing, ``encode``.
-if _c_make_encoder is not None and _c_encode_basestring is not None:
+_json_text: Callable[[Any], str]
+if _c_make_encoder is None or _c_encode_basestring is None:  # no C accelerator (not CPython)
+    _json_text = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+else:
+    # ``JSONEncoder.encode`` builds a new C encoder on every call (about a
+    # third of its time for an entry). The one it would build, made once: no
+    # circular-reference markers (``_json_writes_jcs`` recurses first, and a
+    # cycle or a value too deep raises RecursionError there), the same
+    # separators, sorted keys, non-ASCII as is.
     _c_encode = _c_make_encoder(
         None, _no_default, _c_encode_basestring, None, ":", ",", True, False, True
     )
 
-    def _json_text_fast(value: Any) -> str:
+    def _json_text(value: Any) -> str:
         return "".join(_c_encode(value, 0))
-
-    _json_text = _json_text_fast
 
 
 def _json_writes_jcs(value: Any) -> bool:
