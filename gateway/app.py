@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import hmac
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import text
+from sqlalchemy import select, text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import audit, logs, notices, replay
+from gateway import __version__, audit, logs, metrics, notices, replay
 from gateway.clients import ClientKeys
 from gateway.consents import ConsentStore
 from gateway.errors import GatewayError, LoginFailed
@@ -36,10 +37,11 @@ from gateway.runtime import Runtime, system_clock
 from gateway.settings import Settings
 from gateway.storage.engine import create_engine
 from gateway.storage.migrate import check_schema
+from gateway.storage.models import checkpoints
 from gateway.subjects import ClaimsBox
 from gateway.trail import EventType, Trail, TrailEvent
 from gateway.trail.note import Signer
-from gateway.trail.tree import Checkpointer
+from gateway.trail.tree import Checkpointer, tree_size
 from gateway.trail.writer import TrailWriter
 from gateway.transfer import TransferRequest, transfer
 from gateway.web import pages
@@ -54,8 +56,12 @@ async def build_runtime(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], datetime] = system_clock,
+    handlers: Sequence[str] = (),
 ) -> Runtime:
-    """Load keys and policies, open the database (refusing a schema that is behind)."""
+    """Load keys and policies, open the database (refusing a schema that is behind).
+
+    ``handlers`` are the route templates the request metrics count by.
+    """
     keys = load_keys(settings.keys_dir, create=True, demo=settings.demo)
     policy = load_policies(settings.policies_dir, allow_http=settings.demo)
     engine = create_engine(settings.database_url.value)
@@ -71,6 +77,7 @@ async def build_runtime(
     if not idp_secret and keys.demo is not None:
         idp_secret = keys.demo.idp_client_secret
     trail = Trail(policy.digest)
+    counters = metrics.create(handlers, sorted(policy.providers))
     runtime_ref: list[Runtime] = []  # the outbox hook needs the runtime built below
     rt = Runtime(
         settings=settings,
@@ -79,7 +86,7 @@ async def build_runtime(
         policy=policy,
         trail=trail,
         consents=ConsentStore(on_end=notices.outbox_hook(runtime_ref)),
-        relay=Relay(policy.providers, transport=transport),
+        relay=Relay(policy.providers, transport=transport, metrics=counters),
         http=http,
         identity=OidcRelyingParty(
             issuer=settings.idp_issuer,
@@ -96,10 +103,12 @@ async def build_runtime(
             clock,
             max_batch=settings.trail_batch_max,
             linger_seconds=settings.trail_batch_linger_ms / 1000,
+            metrics=counters,
         ),
         checkpointer=Checkpointer(
             engine, Signer(settings.trail_origin, keys.trail_key), settings.trail_origin
         ),
+        metrics=counters,
         clock=clock,
     )
     runtime_ref.append(rt)
@@ -218,6 +227,73 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(checks, status_code=status)
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text: every worker's counts summed, and a few values read from the database."""
+    rt: Runtime = request.app.state.runtime
+    expected = rt.settings.metrics_token.value
+    if expected:
+        sent = request.headers.get("authorization", "")
+        scheme, _, given = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return JSONResponse(
+                {
+                    "type": "urn:gateway:error:metrics_token_required",
+                    "title": "Unauthorized",
+                    "status": 401,
+                    "detail": "GET /metrics needs Authorization: Bearer <GATEWAY_METRICS_TOKEN>",
+                },
+                status_code=401,
+                media_type="application/problem+json",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    gauges = [
+        metrics.Gauge(
+            "gateway_info",
+            "The running code and the digest of the loaded policy set.",
+            1,
+            (("version", __version__), ("policy_digest", rt.policy.digest)),
+        )
+    ]
+    try:
+        async with rt.engine.connect() as conn:
+            size = await tree_size(conn)
+            latest = (
+                await conn.execute(
+                    select(checkpoints.c.size, checkpoints.c.created_at)
+                    .order_by(checkpoints.c.size.desc())
+                    .limit(1)
+                )
+            ).first()
+    except Exception:
+        log.warning("metrics.database_unavailable", exc_info=True)
+        gauges.append(metrics.Gauge("gateway_database_up", "1 if the database answered.", 0))
+    else:
+        gauges.append(metrics.Gauge("gateway_database_up", "1 if the database answered.", 1))
+        gauges.append(metrics.Gauge("gateway_trail_size", "Entries in the trail.", size))
+        if latest is not None:
+            gauges.append(
+                metrics.Gauge(
+                    "gateway_trail_checkpoint_size",
+                    "Tree size of the last signed checkpoint.",
+                    int(latest.size),
+                )
+            )
+            gauges.append(
+                metrics.Gauge(
+                    "gateway_trail_checkpoint_age_seconds",
+                    "Seconds since the last checkpoint was signed.",
+                    max(0.0, (rt.now() - latest.created_at).total_seconds()),
+                )
+            )
+    return Response(
+        rt.metrics.render(gauges),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 class _DemoIdentityProviderMount:
     """Forwards to the demo identity provider built at start-up (demo mode only)."""
 
@@ -296,7 +372,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        rt = await build_runtime(settings, transport=transport, clock=clock)
+        rt = await build_runtime(
+            settings, transport=transport, clock=clock, handlers=list(templates.values())
+        )
         app.state.runtime = rt
         if settings.demo:
             from gateway.demo.idp import DemoIdentityProvider
@@ -339,6 +417,7 @@ def create_app(
         Route("/data/{provider}/{resource}", data, methods=["GET"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
         Route("/.well-known/oauth-authorization-server", metadata.metadata),
         Route("/.well-known/jwks.json", metadata.jwks),
         Route("/oauth/authorize", authorize),
@@ -367,9 +446,22 @@ def create_app(
     ]
     if settings.demo:
         routes.append(Mount("/demo-idp", app=_DemoIdentityProviderMount()))
+    # What a route puts in the scope as its endpoint → its template (the
+    # metrics' ``handler`` label: bounded, and never an id from a path).
+    templates = {
+        id(route.endpoint if isinstance(route, Route) else route.app): route.path
+        for route in routes
+    }
+
+    def observe(scope: Scope, status: int, seconds: float) -> None:
+        rt: Runtime | None = getattr(scope["app"].state, "runtime", None)
+        if rt is not None:
+            handler = templates.get(id(scope.get("endpoint")), metrics.UNMATCHED)
+            rt.metrics.request(handler, status, seconds)
+
     return Starlette(
         routes=routes,
-        middleware=[Middleware(logs.RequestContextMiddleware)],
+        middleware=[Middleware(logs.RequestContextMiddleware, observe=observe)],
         exception_handlers={
             LoginFailed: _login_failed,
             404: _not_found,

@@ -52,6 +52,7 @@ from gateway.errors import (
     ProviderUnavailable,
     QueryNotAllowed,
 )
+from gateway.metrics import Metrics
 from gateway.policy.model import Provider, Resource
 from gateway.transport import HTTP1Transport
 
@@ -126,8 +127,10 @@ class Relay:
         providers: Mapping[str, Provider],
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``transport`` replaces every provider's own pool (tests route with it)."""
+        self.metrics = metrics
         self._transports: dict[str, httpx.AsyncBaseTransport] = {
             provider.id: transport if transport is not None else HTTP1Transport()
             for provider in providers.values()
@@ -261,8 +264,8 @@ class Relay:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @staticmethod
     def _log(
+        self,
         provider: Provider,
         resource: Resource,
         transfer_id: str,
@@ -272,6 +275,10 @@ class Relay:
         status: int | None = None,
         size: int | None = None,
     ) -> None:
+        elapsed = time.monotonic() - started
+        if self.metrics is not None:
+            counted = "no_record" if outcome == "ok" and status == NOT_FOUND else outcome
+            self.metrics.provider_call(provider.id, counted, elapsed)
         # Identifiers and sizes only: never the body, the query or the assertion.
         log.info(
             "relay.fetch",
@@ -281,5 +288,5 @@ class Relay:
             outcome=outcome,
             status=status,
             size=size,
-            elapsed_ms=round((time.monotonic() - started) * 1000),
+            elapsed_ms=round(elapsed * 1000),
         )

@@ -21,6 +21,7 @@ from gateway.consents import ConsentStore
 from gateway.identity import OidcRelyingParty
 from gateway.jose import PublicKey, SigningKey
 from gateway.keys import KeyRing
+from gateway.metrics import Metrics
 from gateway.policy.model import PolicySet
 from gateway.relay import Relay
 from gateway.settings import Settings
@@ -51,6 +52,7 @@ class Runtime:
     claims_box: ClaimsBox
     writer: TrailWriter
     checkpointer: Checkpointer
+    metrics: Metrics
     clock: Callable[[], datetime] = field(default=system_clock)
     _token_keys: tuple[tuple[SigningKey, ...], list[PublicKey]] | None = field(
         default=None, init=False, repr=False

@@ -21,6 +21,7 @@ own).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -31,6 +32,7 @@ from types import FrameType
 
 import uvicorn
 
+from gateway import metrics
 from gateway.settings import GC_THRESHOLDS
 
 
@@ -79,7 +81,8 @@ def _config() -> uvicorn.Config:
     )
 
 
-def _worker(host: str, port: int, thresholds: tuple[int, int, int]) -> None:
+def _worker(host: str, port: int, thresholds: tuple[int, int, int], shared: metrics.Shared) -> None:
+    metrics.use_shared(shared)
     sock = _socket(host, port, reuse_port=True)
     _Server(_config(), thresholds).run(sockets=[sock])
 
@@ -97,9 +100,30 @@ def serve(
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     probe.bind((host, port))
+    # One row per worker in a shared map: /metrics on any worker sums them all.
+    shared_file = metrics.create_shared_file(workers)
+    try:
+        return _supervise(host, port, thresholds, workers, shared_file, probe)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(shared_file)
+
+
+def _supervise(
+    host: str,
+    port: int,
+    thresholds: tuple[int, int, int],
+    workers: int,
+    shared_file: str,
+    probe: socket.socket,
+) -> int:
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(host, port, thresholds), name=f"gateway-worker-{i}")
+        context.Process(
+            target=_worker,
+            args=(host, port, thresholds, metrics.Shared(shared_file, i, workers)),
+            name=f"gateway-worker-{i}",
+        )
         for i in range(workers)
     ]
     for process in processes:

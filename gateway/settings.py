@@ -89,6 +89,8 @@ class Settings:
     notice_interval_seconds: float = 1.0
     # The collector's thresholds in a serving worker (gateway/server.py).
     gc_thresholds: tuple[int, int, int] = GC_THRESHOLDS
+    # When set, GET /metrics wants "Authorization: Bearer <this>"; when empty it is open.
+    metrics_token: Secret = Secret("")
 
     @property
     def https_only(self) -> bool:
@@ -165,6 +167,7 @@ class Settings:
             raise SettingsError("trail batch and checkpoint settings must be positive")
         values: dict[str, object] = {
             "gc_thresholds": _gc_thresholds(env.get("GATEWAY_GC_THRESHOLDS")),
+            "metrics_token": Secret((env.get("GATEWAY_METRICS_TOKEN") or "").strip()),
             "trail_origin": origin,
             "trail_batch_max": batch_max,
             "trail_batch_linger_ms": linger_ms,

@@ -100,12 +100,29 @@ class _Denied(Exception):
 async def transfer(rt: Runtime, req: TransferRequest) -> TransferResult:
     """Run one transfer; return the minimised data or raise a GatewayError."""
     seen = _Seen(transfer_id=new_id())
+    metrics = rt.metrics
     try:
-        return await _run(rt, req, seen)
+        result = await _run(rt, req, seen)
     except _Denied as denied:
         await _record_denial(rt, req, seen, denied.step, denied.error)
         denied.error.extra["transfer_id"] = seen.transfer_id
+        if denied.error.code == "trail_unavailable":
+            metrics.transfer("trail_unavailable")
+        else:
+            metrics.denial(denied.step)
         raise denied.error from None
+    except UpstreamError:
+        metrics.transfer("provider_failed")
+        raise
+    except ServiceUnavailable:
+        metrics.transfer("trail_unavailable")
+        raise
+    except NotFound as answer:
+        if answer.code == "no_record":
+            metrics.transfer("no_record")
+        raise
+    metrics.transfer("completed")
+    return result
 
 
 async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult:

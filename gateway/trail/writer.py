@@ -57,6 +57,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import gateway.trail.merkle as merkle
+from gateway.metrics import Metrics
 from gateway.storage.engine import IMMEDIATE_OPTION, create_writer_engine
 from gateway.storage.sql import Sql
 from gateway.trail.entry import encode_entry
@@ -280,8 +281,10 @@ class TrailWriter:
         *,
         max_batch: int = 256,
         linger_seconds: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._url = engine.url
+        self.metrics = metrics
         self.trail = trail
         self.clock = clock
         self.max_batch = max_batch
@@ -373,6 +376,8 @@ class TrailWriter:
                 self._settle(await batch_run)
             raise
         except Exception as exc:
+            if self.metrics is not None:
+                self.metrics.trail_batch_failed(len(live))
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -381,6 +386,9 @@ class TrailWriter:
 
     def _settle(self, outcomes: list[_Outcome]) -> None:
         self.batches_written += 1
+        if self.metrics is not None:
+            committed = sum(1 for outcome in outcomes if outcome.ok)
+            self.metrics.trail_batch(committed, len(outcomes) - committed)
         for outcome in outcomes:
             future = outcome.item.future
             if future.done():
@@ -423,6 +431,8 @@ class TrailWriter:
                     return self._transaction(conn, items, careful=False)
                 except _Retry:  # rolled back: run every unit again, each in a savepoint
                     self.batches_retried += 1
+                    if self.metrics is not None:
+                        self.metrics.trail_retry()
                     log.debug("trail.batch_retried", units=len(items))
                     self._careful_left = CAREFUL_AFTER_RETRY
             return self._transaction(conn, items, careful=True)

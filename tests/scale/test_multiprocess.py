@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text
 
 import gateway.trail.merkle as merkle
@@ -985,3 +986,42 @@ async def test_one_linear_trail_and_consistent_checkpoints(server: Server, rt: R
     ]
     assert not problems, "\n".join(problems[:20])
     print(f"[{server.backend}] trail: {size} entries, {len(signed)} checkpoints, all consistent")
+
+
+def _metric(reply: Reply, name: str, **labels: str) -> float:
+    assert reply.status == 200, reply.body[:300]
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not in the scrape")
+
+
+async def test_metrics_on_either_worker_count_both_workers(server: Server, rt: Runtime) -> None:
+    """/metrics answers for the process group, whichever worker the scrape lands on."""
+    healthz = {"name": "gateway_http_requests_total", "handler": "/healthz", "code": "2xx"}
+    conns = await spread(server, per_worker=1)  # conns[0] and conns[1]: one on each worker
+    try:
+        first = await conns[0].get("/metrics", server.port)
+        start = _metric(first, **healthz)
+        for conn in conns:
+            for _ in range(10):
+                assert (await conn.get("/healthz", server.port)).status == 200
+        # A worker counts a request just after writing its answer; allow it a moment.
+        for _ in range(50):
+            scrapes = [await conn.get("/metrics", server.port) for conn in conns]
+            if all(_metric(s, **healthz) == start + 20 for s in scrapes):
+                break
+            await asyncio.sleep(0.02)
+        for scrape in scrapes:
+            assert _metric(scrape, **healthz) == start + 20  # 10 went to each worker
+            assert _metric(scrape, "gateway_metrics_workers") == 2
+    finally:
+        await close_all(conns)
+
+    # Every completed transfer of this module, whichever worker relayed it, is counted once.
+    async with rt.engine.connect() as conn:
+        raw = (await conn.execute(select(trail_entries.c.entry))).scalars().all()
+    completed = sum(1 for e in raw if _entry(0, bytes(e)).type == "transfer.completed")
+    for scrape in scrapes:
+        assert _metric(scrape, "gateway_transfers_total", outcome="completed") == completed
