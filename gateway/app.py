@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import __version__, audit, logs, metrics, notices, replay
+from gateway import __version__, audit, logs, metrics, notices, openapi, replay
 from gateway.clients import ClientKeys
 from gateway.consents import ConsentStore
 from gateway.errors import GatewayError, LoginFailed
@@ -294,6 +294,11 @@ async def metrics_endpoint(request: Request) -> Response:
     )
 
 
+async def openapi_document(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    return JSONResponse(openapi.document(rt.settings.issuer))
+
+
 class _DemoIdentityProviderMount:
     """Forwards to the demo identity provider built at start-up (demo mode only)."""
 
@@ -418,6 +423,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
+        Route("/openapi.json", openapi_document),
         Route("/.well-known/oauth-authorization-server", metadata.metadata),
         Route("/.well-known/jwks.json", metadata.jwks),
         Route("/oauth/authorize", authorize),
