@@ -306,6 +306,10 @@ class Run:
     pool: int = 0  # pre-minted requests available
     pool_exhausted: int = 0
     consent_exhausted: int = 0
+    # From the gateway's /metrics over the measured seconds (all workers summed):
+    trail_batches: int = 0
+    trail_units_per_batch: float = 0.0
+    trail_batches_retried: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -343,6 +347,23 @@ def run_wrk(
         if line.startswith("BENCH_JSON "):
             return json.loads(line[len("BENCH_JSON ") :]), usage.ru_utime + usage.ru_stime
     raise RuntimeError(f"wrk gave no report (exit {proc.returncode}):\n{out}\n{err}")
+
+
+def trail_counts(base_url: str) -> dict[str, float]:
+    """The trail writer's counters from ``/metrics`` (summed over the workers)."""
+    wanted = {
+        "gateway_trail_batches_total": "batches",
+        "gateway_trail_batches_retried_total": "retried",
+        'gateway_trail_units_total{result="committed"}': "units",
+    }
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as answer:  # noqa: S310 (loopback)
+        text = answer.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
 
 
 def measure(
@@ -706,6 +727,7 @@ class Harness:
                 self._quiet()
                 if profile:
                     profiler = start_profiler(server, work, seconds)
+                counts_before = trail_counts(self.issuer)
                 measure(
                     run,
                     self.issuer,
@@ -718,6 +740,12 @@ class Harness:
                     script=BENCH / "wrk_gateway.lua",
                     script_args=[str(work / "pairs.tsv"), str(self.cfg.threads), path],
                 )
+                counts = trail_counts(self.issuer)
+                run.trail_batches = int(counts["batches"] - counts_before["batches"])
+                run.trail_batches_retried = int(counts["retried"] - counts_before["retried"])
+                if run.trail_batches:
+                    units = counts["units"] - counts_before["units"]
+                    run.trail_units_per_batch = round(units / run.trail_batches, 1)
                 if not run.pool_exhausted or attempt == 2 or profile:
                     break
                 say(f"  the pool of {count} ran out at {run.rps:,.0f}/s: again with a larger one")
@@ -741,7 +769,8 @@ class Harness:
                 run.notes.append(f"{run.consent_exhausted} consent_exhausted (a reused consent)")
             say(
                 f"  {run.rps:,.0f} req/s, p99 {run.p99_ms:.1f} ms, errors {run.errors} "
-                f"{run.statuses}"
+                f"{run.statuses}; trail: {run.trail_batches} batches of "
+                f"{run.trail_units_per_batch:g} units, {run.trail_batches_retried} retried"
             )
             if not profile:
                 self.runs.append(run)
