@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select
@@ -444,3 +446,69 @@ async def test_stop_fails_waiting_units(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         assert len(await check_log(conn)) == 1
     assert await state_keys(engine) == {"one"}
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.fixture(params=[True, False], ids=["units-on-loop", "units-in-thread"], autouse=True)
+def units_on_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test above runs with both SQLite modes (PostgreSQL always uses the thread)."""
+    defaults = TrailWriter.__init__.__kwdefaults__
+    assert defaults is not None and "units_on_loop" in defaults
+    monkeypatch.setitem(defaults, "units_on_loop", request.param)
+    return bool(request.param)
+
+
+def where(seen: list[int], name: str) -> Callable[[Tx], Awaitable[list[int]]]:
+    inner = unit(name)
+
+    async def work(tx: Tx) -> list[int]:
+        seen.append(threading.get_ident())
+        return await inner(tx)
+
+    return work
+
+
+async def test_units_run_where_the_mode_says(engine: AsyncEngine, units_on_loop: bool) -> None:
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now)
+    seen: list[int] = []
+    try:
+        await asyncio.gather(*(writer.run(where(seen, f"where-{i}")) for i in range(5)))
+    finally:
+        await writer.stop()
+    on_loop = {ident == threading.get_ident() for ident in seen}
+    # On SQLite the units run on the event loop unless told otherwise; on
+    # PostgreSQL, where each statement is a round trip, always in the thread.
+    expected = units_on_loop and engine.url.get_backend_name() == "sqlite"
+    assert on_loop == {expected}
+
+
+async def test_a_failed_commit_on_the_thread_fails_the_batch_and_the_writer_goes_on(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The COMMIT (SQLite's fsync) fails after every unit of the batch ran.
+    writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
+    if not writer._units_on_loop:
+        pytest.skip("only the split batch commits through _commit")
+    failures = iter([OSError("disk I/O error")])
+
+    def commit_failing_once(conn: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        conn.commit()
+
+    try:
+        assert await writer.run(unit("before", 2)) == [0, 1]
+        monkeypatch.setattr(TrailWriter, "_commit", staticmethod(commit_failing_once))
+        outcomes = await asyncio.gather(
+            *(writer.run(unit(f"lost-{i}")) for i in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(o, OSError) for o in outcomes), outcomes
+        assert await state_keys(engine) == {"before"}
+        assert await writer.run(unit("after")) == [2]
+    finally:
+        await writer.stop()
+    async with engine.connect() as conn:
+        assert len(await check_log(conn)) == 3
