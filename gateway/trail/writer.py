@@ -22,7 +22,8 @@ back and forth with the event loop, and the handoffs cost a third of the
 thread's CPU. So on SQLite only ``BEGIN IMMEDIATE`` (which may wait for
 another process's write lock) and ``COMMIT`` (the fsync) go to the thread,
 and the units and the batch's inserts run on the event loop in between,
-with nothing else interleaved: 15–30 % less CPU per transfer
+with nothing else interleaved; the batch's entry and hash inserts go
+back to the thread with the COMMIT. 15–30 % less CPU per transfer
 (bench/README.md).
 
 Savepoints cost statements (on PostgreSQL, round trips made while every
@@ -438,7 +439,7 @@ class TrailWriter:
                 self._careful_left -= 1
                 careful = True
             try:
-                outcomes = self._units(conn, items, careful=careful)
+                outcomes, batch = self._units(conn, items, careful=careful)
             except _Retry:
                 self.batches_retried += 1
                 if self.metrics is not None:
@@ -446,8 +447,10 @@ class TrailWriter:
                 log.debug("trail.batch_retried", units=len(items))
                 self._careful_left = CAREFUL_AFTER_RETRY
                 await loop.run_in_executor(thread, self._rollback_and_begin, conn)
-                outcomes = self._units(conn, items, careful=True)
-            await loop.run_in_executor(thread, self._commit, conn)
+                outcomes, batch = self._units(conn, items, careful=True)
+            # The batch's entries and hashes (a few large statements, little
+            # Python) are written in the thread, beside the event loop.
+            await loop.run_in_executor(thread, self._flush_and_commit, conn, batch)
             return outcomes
         except BaseException:
             # Whatever state the connection is in, the next batch starts afresh
@@ -468,7 +471,9 @@ class TrailWriter:
         conn.begin()
 
     @staticmethod
-    def _commit(conn: Connection) -> None:
+    def _flush_and_commit(conn: Connection, batch: _Batch) -> None:
+        batch.flush()
+        _store_hashes(batch.sql, batch.start, batch.leaves)
         conn.commit()
 
     def _discard(self, conn: Connection, units: int) -> None:
@@ -531,10 +536,15 @@ class TrailWriter:
         self, conn: Connection, items: list[_Item], *, careful: bool
     ) -> list[_Outcome]:
         with conn.begin():
-            return self._units(conn, items, careful=careful)
+            outcomes, batch = self._units(conn, items, careful=careful)
+            batch.flush()
+            _store_hashes(batch.sql, batch.start, batch.leaves)
+        return outcomes
 
-    def _units(self, conn: Connection, items: list[_Item], *, careful: bool) -> list[_Outcome]:
-        """Run the units and append their entries, inside the open transaction."""
+    def _units(
+        self, conn: Connection, items: list[_Item], *, careful: bool
+    ) -> tuple[list[_Outcome], _Batch]:
+        """Run the units inside the open transaction; their entries wait in the batch."""
         outcomes: list[_Outcome] = []
         dbapi = conn.connection.dbapi_connection
         sql = self._sql
@@ -564,6 +574,4 @@ class TrailWriter:
                 if tx.savepoint:
                     batch.release_pending = True
                 outcomes.append(_Outcome(item, True, value))
-        batch.flush()
-        _store_hashes(sql, batch.start, batch.leaves)
-        return outcomes
+        return outcomes, batch

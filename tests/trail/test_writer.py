@@ -490,18 +490,23 @@ async def test_a_failed_commit_on_the_thread_fails_the_batch_and_the_writer_goes
     # The COMMIT (SQLite's fsync) fails after every unit of the batch ran.
     writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
     if not writer._units_on_loop:
-        pytest.skip("only the split batch commits through _commit")
+        pytest.skip("only the split batch commits through _flush_and_commit")
     failures = iter([OSError("disk I/O error")])
 
-    def commit_failing_once(conn: Any) -> None:
+    real = TrailWriter._flush_and_commit
+
+    def commit_failing_once(conn: Any, batch: Any) -> None:
         failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        conn.commit()
+        if failure is None:
+            real(conn, batch)
+            return
+        batch.flush()
+        writer_module._store_hashes(batch.sql, batch.start, batch.leaves)
+        raise failure  # where the COMMIT would have been
 
     try:
         assert await writer.run(unit("before", 2)) == [0, 1]
-        monkeypatch.setattr(TrailWriter, "_commit", staticmethod(commit_failing_once))
+        monkeypatch.setattr(TrailWriter, "_flush_and_commit", staticmethod(commit_failing_once))
         outcomes = await asyncio.gather(
             *(writer.run(unit(f"lost-{i}")) for i in range(4)), return_exceptions=True
         )
