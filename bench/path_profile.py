@@ -3,11 +3,13 @@
 Builds the gateway app (``create_app``) on a temporary SQLite file (or
 ``--database-url``), answers the provider call with the bare ASGI stub
 (``stub_app.py``, in process), pre-mints consents with ``bench/mint.py`` and
-runs transfers through ``httpx.ASGITransport``: one at a time
-(``--concurrency 1``) or N at a time. Prints CPU per transfer (all threads,
-and the event-loop thread alone), with ``--statements`` the SQL statements one
-transfer executes, and with ``--cprofile`` the functions where the CPU goes
-(cProfile follows SQLAlchemy's greenlets, which py-spy shows detached).
+calls the app with ASGI messages as uvicorn would (no HTTP client in
+between), one transfer at a time (``--concurrency 1``) or N at a time, after
+the collector is tuned as in a served worker (``gateway.server.tune_gc``).
+Prints CPU per transfer (all threads, and the event-loop thread alone),
+with ``--statements`` the SQL statements one transfer executes, and with
+``--cprofile`` the functions where the CPU goes (cProfile follows
+SQLAlchemy's greenlets, which py-spy shows detached).
 
     python bench/path_profile.py [--count 300] [--concurrency 1] [--statements] [--cprofile]
 
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,8 +44,22 @@ ISSUER = "http://127.0.0.1:18999"
 STUB = "http://127.0.0.1:18998"
 
 
-async def run(args: argparse.Namespace, tmp: Path) -> int:
-    from gateway.app import create_app
+def _env(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    env = {
+        "GATEWAY_DEMO": "1",
+        "GATEWAY_DATA_DIR": str(tmp / "data"),
+        "GATEWAY_POLICIES": str(tmp / "policies"),
+        "GATEWAY_ISSUER": ISSUER,
+        "GATEWAY_LOG_FORMAT": "json",
+        "GATEWAY_LOG_LEVEL": args.log_level,
+    }
+    if args.database_url:
+        env["GATEWAY_DATABASE_URL"] = args.database_url
+    return env
+
+
+async def prepare(args: argparse.Namespace, tmp: Path) -> list[list[str]]:
+    """Policies, keys, a migrated database and the pre-minted pairs, in ``tmp``."""
     from gateway.jose import SigningKey
     from gateway.settings import Settings
     from gateway.storage.engine import create_engine
@@ -56,16 +73,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
         stub_url=STUB,
         client_jwk={k: jwk[k] for k in ("kty", "crv", "x", "y", "kid")},
     )
-    env = {
-        "GATEWAY_DEMO": "1",
-        "GATEWAY_DATA_DIR": str(tmp / "data"),
-        "GATEWAY_POLICIES": str(tmp / "policies"),
-        "GATEWAY_ISSUER": ISSUER,
-        "GATEWAY_LOG_FORMAT": "json",
-        "GATEWAY_LOG_LEVEL": args.log_level,
-    }
-    if args.database_url:
-        env["GATEWAY_DATABASE_URL"] = args.database_url
+    env = _env(args, tmp)
     settings = Settings.from_env(env)
     settings.data_dir.mkdir(parents=True)
     engine = create_engine(settings.database_url.value)
@@ -79,7 +87,23 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
         await asyncio.to_thread(signer.write, made, ISSUER, pairs_file)
     finally:
         signer.close()
-    pairs = [line.rstrip("\n").split("\t") for line in pairs_file.open()]
+    return [line.rstrip("\n").split("\t") for line in pairs_file.open()]
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> int:
+    from gateway.app import create_app
+    from gateway.server import tune_gc
+    from gateway.settings import GC_THRESHOLDS, Settings
+
+    if args.prepared:
+        # Made earlier by --prepare-only (bench/instructions.py copies it per run).
+        pairs = [line.rstrip("\n").split("\t") for line in (tmp / "pairs.tsv").open()]
+        pairs = pairs[: args.warmup + args.count]
+    else:
+        pairs = await prepare(args, tmp)
+        if args.prepare_only:
+            return 0
+    settings = Settings.from_env(_env(args, tmp))
 
     # The provider is the bare ASGI stub, in process: its (small) CPU is counted too.
     app = create_app(settings, transport=httpx.ASGITransport(app=stub_app.app), background=False)
@@ -88,16 +112,45 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
     real_stderr, sys.stderr = sys.stderr, devnull
     statuses: dict[int, int] = {}
     try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as client,
-        ):
+        async with app.router.lifespan_context(app):
+            # As a served worker does once started (gateway/server.py).
+            tune_gc(GC_THRESHOLDS)
+            host = ISSUER.removeprefix("http://").encode()
 
             async def one(token: str, proof: str) -> None:
-                r = await client.get(
-                    scenario.DATA_PATH, headers={"Authorization": f"DPoP {token}", "DPoP": proof}
-                )
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                # The app called as uvicorn would call it, without an HTTP client
+                # in between: what is counted is the gateway's work.
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": "GET",
+                    "scheme": "http",
+                    "path": scenario.DATA_PATH,
+                    "raw_path": scenario.DATA_PATH.encode(),
+                    "query_string": b"",
+                    "root_path": "",
+                    "headers": [
+                        (b"host", host),
+                        (b"authorization", b"DPoP " + token.encode()),
+                        (b"dpop", proof.encode()),
+                    ],
+                    "client": ("127.0.0.1", 40000),
+                    "server": ("127.0.0.1", 18999),
+                }
+                messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+                answered: list[int] = []
+
+                async def receive() -> dict[str, object]:
+                    return next(messages, {"type": "http.disconnect"})
+
+                async def send(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        answered.append(message["status"])
+
+                await app(scope, receive, send)
+                status = answered[0] if answered else 0
+                statuses[status] = statuses.get(status, 0) + 1
 
             async def batch(items: list[list[str]]) -> None:
                 queue = list(reversed(items))
@@ -207,8 +260,23 @@ def main() -> int:
     parser.add_argument(
         "--uvloop", action="store_true", help="run on uvloop (if importable) instead of asyncio"
     )
+    parser.add_argument(
+        "--prepare-only",
+        metavar="DIR",
+        type=Path,
+        help="write policies, keys, database and pairs (--count + --warmup) to DIR, and stop",
+    )
+    parser.add_argument(
+        "--prepared",
+        metavar="DIR",
+        type=Path,
+        help="run on what --prepare-only wrote to DIR (SQLite; DIR is used up: copy it)",
+    )
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="gw-path-"))
+    kept = args.prepare_only or args.prepared
+    if args.prepare_only:
+        args.prepare_only.mkdir(parents=True)
+    tmp = kept or Path(tempfile.mkdtemp(prefix="gw-path-"))
     if args.uvloop:
         import uvloop  # not a dependency: install it where you want to compare
 
@@ -216,7 +284,8 @@ def main() -> int:
     try:
         return asyncio.run(run(args, tmp))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
