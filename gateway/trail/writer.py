@@ -19,12 +19,12 @@ is a network round trip, so the whole batch runs in the thread. On SQLite
 the statements are CPU work on pages in memory, and only one thread runs
 Python at a time anyway: in the thread, every sqlite3 call handed the GIL
 back and forth with the event loop, and the handoffs cost a third of the
-thread's CPU. So on SQLite only ``BEGIN IMMEDIATE`` (which may wait for
-another process's write lock) and ``COMMIT`` (the fsync) go to the thread,
-and the units and the batch's inserts run on the event loop in between,
-with nothing else interleaved; the batch's entry and hash inserts go
-back to the thread with the COMMIT. 15–30 % less CPU per transfer
-(bench/README.md).
+thread's CPU. So on SQLite the thread takes only ``BEGIN IMMEDIATE``
+(which may wait for another process's write lock) and, at the end, the
+batch's entry and hash inserts (a few large statements) with the
+``COMMIT`` (the fsync); the units run on the event loop in between, with
+nothing else interleaved. 12–30 % less CPU per transfer with one worker
+(bench/README.md, "What changed it", item 11).
 
 Savepoints cost statements (on PostgreSQL, round trips made while every
 process waits for the trail lock), and units almost never fail. So a batch is
