@@ -54,12 +54,43 @@ def test_insert_rows_stores_every_row_in_order(sql: Sql, count: int) -> None:
     assert stored == rows
 
 
-def test_insert_rows_is_one_statement_per_chunk(sql: Sql) -> None:
-    rows = [(i, "x", b"") for i in range(ROWS_PER_INSERT + 3)]
-    sql.insert_rows("t", ("n", "label", "blob"), rows)
-    # One cached text per shape: a full chunk and the single-row remainder.
-    assert sorted(count for _, _, count in sql._inserts) == [1, ROWS_PER_INSERT]
-    assert sql.one("SELECT count(*) FROM t") == (ROWS_PER_INSERT + 3,)
+@pytest.mark.parametrize(
+    ("count", "chunks"),
+    [
+        (1, [1]),
+        (45, [32, 8, 4, 1]),
+        (ROWS_PER_INSERT, [ROWS_PER_INSERT]),
+        (2 * ROWS_PER_INSERT + 3, [ROWS_PER_INSERT, ROWS_PER_INSERT, 2, 1]),
+    ],
+)
+def test_insert_rows_takes_one_statement_per_chunk(
+    sql: Sql, count: int, chunks: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No executemany: a statement per chunk, whole chunks, then halving powers of two.
+    executed: list[int] = []
+    real_cursor = sql._cursor
+
+    class Counting:
+        def __init__(self, cursor: Any) -> None:
+            self._cursor = cursor
+
+        def execute(self, text: str, params: Any) -> Any:
+            executed.append(text.count("("))
+            return self._cursor.execute(text, params)
+
+        def executemany(self, text: str, rows: Any) -> Any:
+            raise AssertionError("insert_rows must not fall back to executemany")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._cursor, name)
+
+    monkeypatch.setattr(sql, "_cursor", lambda: Counting(real_cursor()))
+    monkeypatch.setattr(sql, "_done", lambda cursor: Sql._done(sql, cursor._cursor))
+    sql.insert_rows("t", ("n", "label", "blob"), [(i, "x", b"") for i in range(count)])
+    # Each statement is "INSERT INTO t (columns) VALUES (..), (..)": one "(" per row + 1.
+    assert [n - 1 for n in executed] == chunks
+    assert sorted({size for _, _, size in sql._inserts}) == sorted(set(chunks))
+    assert sql.one("SELECT count(*) FROM t") == (count,)
 
 
 def test_insert_rows_failure_leaves_the_error_to_the_caller(sql: Sql) -> None:
