@@ -244,7 +244,9 @@ class _Batch:
         return indexes
 
     def flush(self) -> None:
+        """Insert the batch's entries and the Merkle hashes of its new leaves."""
         self.sql.insert_rows("trail_entries", ENTRY_COLUMNS, self.rows)
+        _store_hashes(self.sql, self.start, self.leaves)
 
 
 def tree_size(sql: Sql) -> int:
@@ -473,7 +475,6 @@ class TrailWriter:
     @staticmethod
     def _flush_and_commit(conn: Connection, batch: _Batch) -> None:
         batch.flush()
-        _store_hashes(batch.sql, batch.start, batch.leaves)
         conn.commit()
 
     def _discard(self, conn: Connection, units: int) -> None:
@@ -538,7 +539,6 @@ class TrailWriter:
         with conn.begin():
             outcomes, batch = self._units(conn, items, careful=careful)
             batch.flush()
-            _store_hashes(batch.sql, batch.start, batch.leaves)
         return outcomes
 
     def _units(
