@@ -20,18 +20,31 @@ The two engines differ in three things, all handled here:
 - ``INSERT ... ON CONFLICT DO NOTHING`` and ``RETURNING`` are spelled the same
   on both (SQLite ≥ 3.35), so statements need no per-engine text.
 
-On PostgreSQL every statement runs on one cursor kept for the connection:
-opening and closing a psycopg cursor costs about 15 µs of CPU per statement
-(``bench/README.md``), as much as psycopg's own work for a small statement.
-psycopg's client-side cursor holds a statement's whole result once
-``execute`` returns, so reusing it loses nothing. On SQLite a cursor is a few
-hundred nanoseconds and a closed one finishes its statement at once (a half-read
-``SELECT`` left open on a shared cursor would keep its read going), so each
-call there keeps its own.
+On PostgreSQL, inside a transaction, the statements with parameters and the
+batch's INSERTs go to libpq's extended protocol directly: each statement text
+is prepared once per connection (and per parameter types, as psycopg's own
+automatic preparation does), then run with ``PQexecPrepared``, with psycopg's
+``Transformer`` adapting the values both ways, so every value is dumped and
+loaded exactly as a psycopg cursor would. That skips psycopg's cursor
+machinery — its query conversion, its non-blocking send-and-poll loop, its
+result set-up — which cost 30–40 µs of CPU per statement on the writer's
+thread, inside the trail lock (``bench/README.md``, "psycopg's own layer").
+libpq releases the GIL while it waits for the server. Outside a transaction,
+and for statements without parameters, psycopg's cursor runs the statement,
+so that psycopg starts transactions as the connection's settings ask.
+
+That cursor is one, kept for the connection: opening and closing a psycopg
+cursor costs about 15 µs of CPU per statement (``bench/README.md``). psycopg's
+client-side cursor holds a statement's whole result once ``execute`` returns,
+so reusing it loses nothing. On SQLite a cursor is a few hundred nanoseconds
+and a closed one finishes its statement at once (a half-read ``SELECT`` left
+open on a shared cursor would keep its read going), so each call there keeps
+its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -43,6 +56,15 @@ _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 # Rows per multi-row INSERT (insert_rows): 64 trail entries bind 576
 # parameters, far below SQLite's 32,766 and PostgreSQL's 65,535.
 ROWS_PER_INSERT = 64
+
+# PostgreSQL: at most this many statements prepared per connection; past it a
+# new text or parameter typing runs through psycopg's cursor instead. The
+# transfer path and the trail writer use a few dozen.
+PREPARED_MAX = 256
+
+# Prepared statement names, unique in the process: a connection never sees one
+# twice, even if it outlives an Sql that prepared on it.
+_names = itertools.count()
 
 Params = Mapping[str, Any]
 Row = tuple[Any, ...]
@@ -62,11 +84,17 @@ class Sql:
         # PostgreSQL: the one cursor every statement runs on (module docstring).
         self._share_cursor = dialect == "postgresql"
         self._shared: Any = None
+        self._pg = _Prepared(dbapi_connection) if dialect == "postgresql" else None
 
     @property
     def connection(self) -> Any:
         """The DB-API connection the statements run on."""
         return self._conn
+
+    @property
+    def prepared(self) -> int:
+        """How many statements this object has prepared on PostgreSQL (0 on SQLite)."""
+        return len(self._pg.names) if self._pg is not None else 0
 
     def _cursor(self) -> Any:
         shared = self._shared
@@ -91,14 +119,26 @@ class Sql:
             self._texts[sql] = converted
         return converted
 
-    def run(self, sql: str, params: Params | None = None) -> int:
-        """Execute one statement; return the number of rows it changed."""
+    def _execute(
+        self, sql: str, params: Params | None, *, rows: bool
+    ) -> tuple[int, list[Row] | None]:
+        """Run one statement: its row count and, if ``rows``, its rows."""
+        pg = self._pg
+        if pg is not None:
+            done = pg.execute_named(sql, params or {}, rows=rows)
+            if done is not None:
+                return done
         cursor = self._cursor()
         try:
             cursor.execute(self._text(sql), params or {})
-            return int(cursor.rowcount)
+            found = [tuple(r) for r in cursor.fetchall()] if rows else None
+            return int(cursor.rowcount), found
         finally:
             self._done(cursor)
+
+    def run(self, sql: str, params: Params | None = None) -> int:
+        """Execute one statement; return the number of rows it changed."""
+        return self._execute(sql, params, rows=False)[0]
 
     def command(self, sql: str) -> None:
         """A statement without parameters or result (``SAVEPOINT``, ``RELEASE``)."""
@@ -121,21 +161,11 @@ class Sql:
 
     def one(self, sql: str, params: Params | None = None) -> Row | None:
         """The first row of a query (or of ``RETURNING``), or None."""
-        cursor = self._cursor()
-        try:
-            cursor.execute(self._text(sql), params or {})
-            row = cursor.fetchone()
-            return tuple(row) if row is not None else None
-        finally:
-            self._done(cursor)
+        found = self._execute(sql, params, rows=True)[1]
+        return found[0] if found else None
 
     def all(self, sql: str, params: Params | None = None) -> list[Row]:
-        cursor = self._cursor()
-        try:
-            cursor.execute(self._text(sql), params or {})
-            return [tuple(r) for r in cursor.fetchall()]
-        finally:
-            self._done(cursor)
+        return self._execute(sql, params, rows=True)[1] or []
 
     def many(self, sql: str, rows: Sequence[Params]) -> None:
         """One statement for many parameter sets (a batch's inserts)."""
@@ -165,19 +195,22 @@ class Sql:
         input.
         """
         total = len(rows)
-        if not total:
+        start, size = 0, ROWS_PER_INSERT
+        while start < total:
+            while size > total - start:
+                size //= 2
+            values = [v for row in rows[start : start + size] for v in row]
+            self._insert(self._insert_text(table, columns, size), values)
+            start += size
+
+    def _insert(self, statement: str, values: list[Any]) -> None:
+        """One multi-row INSERT with positional parameters."""
+        pg = self._pg
+        if pg is not None and pg.execute(statement, values, rows=False) is not None:
             return
         cursor = self._cursor()
         try:
-            start, size = 0, ROWS_PER_INSERT
-            while start < total:
-                while size > total - start:
-                    size //= 2
-                cursor.execute(
-                    self._insert_text(table, columns, size),
-                    [v for row in rows[start : start + size] for v in row],
-                )
-                start += size
+            cursor.execute(statement, values)
         finally:
             self._done(cursor)
 
@@ -219,3 +252,107 @@ class Sql:
         """``(:name_0, :name_1, ...)`` and its parameters, for ``IN``."""
         params = {f"{name}_{i}": v for i, v in enumerate(values)}
         return "(" + ", ".join(f":{k}" for k in params) + ")", params
+
+
+class _Prepared:
+    """PostgreSQL statements prepared once and run with ``PQexecPrepared``.
+
+    Each call returns None where the statement should go through psycopg's
+    cursor instead: no transaction open yet (psycopg starts it, as the
+    connection's settings ask) or the cap on prepared statements reached.
+    Values are dumped by psycopg's ``Transformer`` with its automatic formats,
+    so a statement is prepared per text and per the parameter types those
+    dumps carry (an int dumps as int2, int4, int8 or numeric by its size),
+    exactly the key psycopg's own automatic preparation uses.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        from psycopg import errors, pq
+        from psycopg.adapt import PyFormat, Transformer
+
+        # psycopg's own automatic preparation off: after any ROLLBACK (or DROP,
+        # ALTER) psycopg sends DEALLOCATE ALL if it prepared anything itself,
+        # which would take these statements with its own. This connection's
+        # repeated statements are prepared here instead.
+        conn.prepare_threshold = None
+        self._pgconn = conn.pgconn
+        self._tx = Transformer(conn)
+        self._auto = PyFormat.AUTO
+        self._in_transaction = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+        self._ok = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+        self._error_from = errors.error_from_result
+        self._formats: dict[int, list[Any]] = {}
+        # ":name" text -> ($n text, the names in $n order)
+        self._named: dict[str, tuple[str, tuple[str, ...]]] = {}
+        # a "%s" or "$n" text -> the one with $n, as bytes
+        self._dollar: dict[str, bytes] = {}
+        # ($n text, parameter types) -> prepared statement name
+        self.names: dict[tuple[bytes, tuple[int, ...] | None], bytes] = {}
+
+    def execute_named(
+        self, sql: str, params: Params, *, rows: bool
+    ) -> tuple[int, list[Row] | None] | None:
+        named = self._named.get(sql)
+        if named is None:
+            order: list[str] = []
+
+            def number(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name not in order:
+                    order.append(name)
+                return f"${order.index(name) + 1}"
+
+            named = self._named[sql] = (_NAMED.sub(number, sql), tuple(order))
+        text, order_ = named
+        values = [params[name] for name in order_]
+        return self.execute(text, values, rows=rows, marks=False)
+
+    def execute(
+        self, text: str, values: Sequence[Any], *, rows: bool, marks: bool = True
+    ) -> tuple[int, list[Row] | None] | None:
+        """Run ``text`` with ``values``: ``%s`` placeholders if ``marks``, else ``$n``.
+
+        ``%s`` texts are :meth:`Sql.insert_rows`' own, built from constants
+        (no ``%s`` inside a literal to mistake for a placeholder).
+        """
+        pgconn = self._pgconn
+        if pgconn.transaction_status not in self._in_transaction:
+            return None
+        query = self._dollar.get(text)
+        if query is None:
+            dollars = text
+            if marks:
+                numbers = itertools.count(1)
+                dollars = re.sub(r"%s", lambda _: f"${next(numbers)}", text)
+            query = self._dollar[text] = dollars.encode()
+        tx = self._tx
+        count = len(values)
+        formats = self._formats.get(count)
+        if formats is None:
+            formats = self._formats[count] = [self._auto] * count
+        dumped = tx.dump_sequence(values, formats)
+        key = (query, tx.types)
+        name = self.names.get(key)
+        if name is None:
+            if len(self.names) >= PREPARED_MAX:
+                return None
+            name = f"_gw_{next(_names)}".encode()
+            self._check(pgconn.prepare(name, query, tx.types))
+            self.names[key] = name
+        result = pgconn.exec_prepared(name, dumped, tx.formats)
+        self._check(result)
+        found = None
+        if rows:
+            tx.set_pgresult(result)
+            found = tx.load_rows(0, result.ntuples, tuple)
+        return result.command_tuples or 0, found
+
+    def _check(self, result: Any) -> None:
+        if result.status not in self._ok:
+            error = self._error_from(result, encoding=self._tx.encoding)
+            if error.sqlstate == _NO_SUCH_STATEMENT:
+                self.names.clear()  # deallocated behind our back: prepare afresh
+            raise error
+
+
+_NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name

@@ -1,4 +1,4 @@
-"""``Sql.insert_rows``: multi-row chunks plus an executemany remainder, rows kept in order."""
+"""``Sql``: multi-row inserts, times, one cursor and prepared statements on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -68,24 +68,14 @@ def test_insert_rows_takes_one_statement_per_chunk(
 ) -> None:
     # No executemany: a statement per chunk, whole chunks, then halving powers of two.
     executed: list[int] = []
-    real_cursor = sql._cursor
+    real_insert = sql._insert
 
-    class Counting:
-        def __init__(self, cursor: Any) -> None:
-            self._cursor = cursor
+    def counting(statement: str, values: list[Any]) -> None:
+        executed.append(statement.count("("))
+        real_insert(statement, values)
 
-        def execute(self, text: str, params: Any) -> Any:
-            executed.append(text.count("("))
-            return self._cursor.execute(text, params)
-
-        def executemany(self, text: str, rows: Any) -> Any:
-            raise AssertionError("insert_rows must not fall back to executemany")
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._cursor, name)
-
-    monkeypatch.setattr(sql, "_cursor", lambda: Counting(real_cursor()))
-    monkeypatch.setattr(sql, "_done", lambda cursor: Sql._done(sql, cursor._cursor))
+    monkeypatch.setattr(sql, "_insert", counting)
+    monkeypatch.setattr(sql, "many", lambda *_: pytest.fail("insert_rows used executemany"))
     sql.insert_rows("t", ("n", "label", "blob"), [(i, "x", b"") for i in range(count)])
     # Each statement is "INSERT INTO t (columns) VALUES (..), (..)": one "(" per row + 1.
     assert [n - 1 for n in executed] == chunks
@@ -131,15 +121,163 @@ def test_results_stay_apart_whichever_cursor_runs_them(sql: Sql) -> None:
 def test_postgresql_keeps_one_cursor_and_survives_a_failed_statement() -> None:
     for sql in _postgresql():
         sql.run("INSERT INTO t (n, label) VALUES (:n, :label)", {"n": 1, "label": "kept"})
+        sql.command("SAVEPOINT first")  # commands go through psycopg's cursor
         shared = sql._shared
         assert shared is not None
-        sql.one("SELECT count(*) FROM t")
-        assert sql._shared is shared  # no cursor opened per statement
         sql.command("SAVEPOINT before_bad")
+        assert sql._shared is shared  # no cursor opened per statement
         with pytest.raises(Exception, match=r"(?i)null"):
             sql.run("INSERT INTO t (n) VALUES (:n)", {"n": None})
         sql.command("ROLLBACK TO SAVEPOINT before_bad")
         assert sql.one("SELECT label FROM t WHERE n = 1") == ("kept",)
         shared.close()  # a closed cursor is replaced, not reused
-        assert sql.one("SELECT count(*) FROM t") == (1,)
+        sql.command("SAVEPOINT after_close")
         assert sql._shared is not shared
+        assert sql.one("SELECT count(*) FROM t") == (1,)
+
+
+def _pg_in_transaction() -> Iterator[Sql]:
+    for sql in _postgresql():
+        sql.connection.execute(
+            "CREATE TEMPORARY TABLE v (id text PRIMARY KEY, n bigint, at timestamp,"
+            " raw bytea, note text, flag boolean)"
+        )
+        yield sql
+
+
+def test_postgresql_prepares_each_statement_once_and_reads_what_a_cursor_reads() -> None:
+    for sql in _pg_in_transaction():
+        at = datetime(2026, 12, 7, 10, 0, 0, 123456)
+        row = {"id": "a", "n": 7, "at": at, "raw": b"\x00\xff", "note": None, "flag": True}
+        insert = "INSERT INTO v VALUES (:id, :n, :at, :raw, :note, :flag)"
+        assert sql.run(insert, row) == 1
+        assert sql.run(insert, {**row, "id": "b", "note": "50 % off", "flag": False}) == 1
+        query = "SELECT id, n, at, raw, note, flag FROM v WHERE id = :id"
+        prepared = sql.one(query, {"id": "a"})
+        after_first = sql.prepared
+        assert sql.one(query, {"id": "a"}) == prepared
+        assert sql.prepared == after_first  # the second run reuses the statement
+        # psycopg's cursor, on the same connection, reads the same values and types.
+        cursor = sql.connection.execute(
+            "SELECT id, n, at, raw, note, flag FROM v WHERE id = %s", ["a"]
+        )
+        assert prepared == tuple(cursor.fetchone())
+        assert prepared == ("a", 7, at, b"\x00\xff", None, True)
+        # A name used twice binds one parameter; RETURNING and row counts come back.
+        assert sql.all(
+            "UPDATE v SET n = n + :step WHERE n < :step + 100 RETURNING id, n", {"step": 1}
+        ) == [("a", 8), ("b", 8)]
+        assert sql.run("DELETE FROM v WHERE id = :id", {"id": "missing"}) == 0
+        assert sql.one("SELECT note FROM v WHERE id = :id", {"id": "b"}) == ("50 % off",)
+        assert sql.one("SELECT id FROM v WHERE id = :id", {"id": "missing"}) is None
+        assert sql.one("SELECT count(*) FROM v") == (2,)  # no parameters: prepared too
+
+
+def test_postgresql_prepares_again_when_a_value_dumps_as_another_type() -> None:
+    # psycopg dumps a small int as int2 and a large one as int8: one statement each.
+    for sql in _pg_in_transaction():
+        sql.run("INSERT INTO v (id, n) VALUES (:id, :n)", {"id": "small", "n": 3})
+        sql.run("INSERT INTO v (id, n) VALUES (:id, :n)", {"id": "large", "n": 2**40})
+        assert sql.prepared == 2
+        assert sql.all("SELECT id, n FROM v ORDER BY n") == [("small", 3), ("large", 2**40)]
+
+
+def test_postgresql_outside_a_transaction_lets_psycopg_start_one() -> None:
+    from psycopg import pq
+
+    for sql in _postgresql():
+        sql.connection.commit()  # idle: no transaction open
+        assert sql.connection.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        assert sql.one("SELECT :n::int + 1", {"n": 1}) == (2,)
+        assert sql.prepared == 0  # ran on psycopg's cursor, which sent BEGIN
+        assert sql.connection.pgconn.transaction_status == pq.TransactionStatus.INTRANS
+        assert sql.one("SELECT :n::int + 1", {"n": 1}) == (2,)
+        assert sql.prepared == 1
+
+
+def test_postgresql_prepared_failures_raise_psycopgs_errors_and_roll_back() -> None:
+    from psycopg import errors
+
+    for sql in _pg_in_transaction():
+        sql.run("INSERT INTO v (id) VALUES (:id)", {"id": "kept"})
+        sql.command("SAVEPOINT before_bad")
+        with pytest.raises(errors.UniqueViolation):
+            sql.run("INSERT INTO v (id) VALUES (:id)", {"id": "kept"})
+        with pytest.raises(errors.InFailedSqlTransaction):
+            sql.one("SELECT id FROM v WHERE id = :id", {"id": "kept"})
+        sql.command("ROLLBACK TO SAVEPOINT before_bad")
+        assert sql.one("SELECT id FROM v WHERE id = :id", {"id": "kept"}) == ("kept",)
+        with pytest.raises(errors.UndefinedColumn):  # a bad text fails at PREPARE
+            sql.one("SELECT nope FROM v WHERE id = :id", {"id": "kept"})
+        sql.connection.rollback()  # psycopg rolls back what failed behind its back
+        assert sql.one("SELECT :n::int", {"n": 5}) == (5,)
+
+
+def test_postgresql_past_the_cap_statements_go_through_the_cursor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gateway.storage.sql as module
+
+    monkeypatch.setattr(module, "PREPARED_MAX", 1)
+    for sql in _pg_in_transaction():
+        assert sql.one("SELECT :n::int", {"n": 1}) == (1,)
+        assert sql.one("SELECT :n::int * 2", {"n": 2}) == (4,)
+        sql.insert_rows("v", ("id", "n"), [("x", 1), ("y", 2)])
+        assert sql.prepared == 1
+        assert sql.all("SELECT id FROM v WHERE n > :n ORDER BY id", {"n": 0}) == [
+            ("x",),
+            ("y",),
+        ]
+
+
+def test_postgresql_waits_for_the_server_without_holding_the_gil() -> None:
+    # The writer runs statements in its thread while the event loop serves
+    # requests: libpq must let go of the GIL while the server works.
+    import threading
+
+    for sql in _postgresql():
+        sql.one("SELECT pg_sleep(:s)", {"s": 0.0})  # prepare it first
+        assert sql.prepared == 1
+        worker = threading.Thread(target=sql.one, args=("SELECT pg_sleep(:s)", {"s": 0.3}))
+        spins = 0
+        worker.start()
+        while worker.is_alive():
+            spins += 1
+        worker.join()
+        # Held for 0.3 s, the GIL would leave this thread a few switch intervals
+        # (5 ms each) of spinning; released, it spins for the whole 0.3 s.
+        assert spins > 100_000
+
+
+def test_postgresql_statements_outlive_rollbacks_and_psycopgs_own_statements() -> None:
+    # psycopg deallocates every prepared statement after a rollback once it has
+    # prepared any itself; Sql turns its preparation off so that never happens.
+    for sql in _pg_in_transaction():
+        count = "SELECT count(*) FROM v WHERE n >= :n"
+        assert sql.one(count, {"n": 0}) == (0,)
+        for _ in range(8):  # past psycopg's default threshold of 5 runs
+            sql.connection.execute("SELECT count(*) FROM v WHERE n >= %s", [0])
+        sql.command("SAVEPOINT s")
+        sql.commands("ROLLBACK TO SAVEPOINT s", "RELEASE SAVEPOINT s")
+        assert sql.one(count, {"n": 0}) == (0,)
+        sql.connection.commit()
+        sql.connection.execute("SELECT 1")
+        sql.connection.rollback()
+        sql.connection.execute("SELECT 1")
+        assert sql.one(count, {"n": 0}) == (0,)
+        assert sql.prepared == 1
+
+
+def test_postgresql_a_statement_deallocated_elsewhere_is_prepared_again() -> None:
+    from psycopg import errors
+
+    for sql in _postgresql():
+        query = "SELECT :n::int + 1"
+        assert sql.one(query, {"n": 0}) == (1,)
+        sql.connection.execute("DEALLOCATE ALL")
+        with pytest.raises(errors.InvalidSqlStatementName):
+            sql.one(query, {"n": 0})
+        sql.connection.rollback()
+        sql.connection.execute("SELECT 1")  # a new transaction
+        assert sql.one(query, {"n": 1}) == (2,)
+        assert sql.prepared == 1
