@@ -27,7 +27,7 @@ from sqlalchemy import insert, select, update
 from gateway.ids import random_id, time_ordered_id
 from gateway.policy.decision import AuthorizationDetail
 from gateway.storage.models import consent_allowances, consents, subjects
-from gateway.storage.sql import Sql
+from gateway.storage.sql import Sql, Statement
 from gateway.subjects import trail_pseudonym
 from gateway.trail import EventType, TrailEvent
 from gateway.trail.writer import Conn, Tx
@@ -406,11 +406,14 @@ class ConsentStore:
         from_states: Sequence[ConsentState] = (ConsentState.ACTIVE,),
         subject: str | None = None,
         only_if_used_up: bool = False,
+        along: Sequence[Statement] = (),
     ) -> bool:
         """Move an active (or pending) consent to an end state, erasing its claims.
 
         With ``only_if_used_up``, only if no provider has a use left (checked in
-        the same statement).
+        the same statement). ``along``: the unit's statements to send before
+        the ending ``UPDATE``, in the same round trip (their row counts are
+        not looked at; a failure among them fails the unit).
         """
         conn, now = tx.conn, tx.now
         event_type = {
@@ -426,12 +429,13 @@ class ConsentStore:
             if only_if_used_up
             else ""
         )
-        done = sql.run(
+        ending = (
             "UPDATE consents SET state = :to, claims = NULL, ended_at = :now, end_reason = :reason"  # noqa: S608 (placeholders only)
             f" WHERE id = :id AND state IN {states}{used_up}",
             {"to": str(to), "now": sql.time(now), "reason": reason, "id": consent.id}
             | state_params,
         )
+        done = sql.run_all([*along, ending])[-1]
         if done != 1:
             return False
         if self.on_end is not None and consent.state == ConsentState.ACTIVE:
@@ -455,7 +459,12 @@ class ConsentStore:
         The guard re-checks state and expiry in the same statement, so a
         revoke or an expiry committed before this runs always wins.
         """
-        done = sql.run(
+        return sql.run(*self.consume_statement(sql, consent_id, provider, now)) == 1
+
+    @staticmethod
+    def consume_statement(sql: Sql, consent_id: str, provider: str, now: datetime) -> Statement:
+        """:meth:`consume`'s statement (for ``Sql.run_all``): one row changed if a use was taken."""
+        return (
             "UPDATE consent_allowances SET uses_left = uses_left - 1"
             " WHERE consent_id = :id AND provider = :provider AND uses_left > 0"
             " AND EXISTS (SELECT 1 FROM consents WHERE id = :id AND state = :active"
@@ -467,7 +476,6 @@ class ConsentStore:
                 "now": sql.time(now),
             },
         )
-        return done == 1
 
     def give_back(self, sql: Sql, consent_id: str, provider: str) -> None:
         """Return a use taken by a transfer whose provider delivered nothing."""
@@ -478,7 +486,12 @@ class ConsentStore:
         )
 
     async def close_if_used_up(
-        self, tx: Tx, consent: Consent, *, subject: str | None = None
+        self,
+        tx: Tx,
+        consent: Consent,
+        *,
+        subject: str | None = None,
+        along: Sequence[Statement] = (),
     ) -> bool:
         """End the consent as ``exhausted`` once no provider has a use left.
 
@@ -494,6 +507,7 @@ class ConsentStore:
             subject=subject,
             from_states=(ConsentState.ACTIVE,),
             only_if_used_up=True,
+            along=along,
         )
 
     async def expire_due(self, tx: Tx) -> list[str]:

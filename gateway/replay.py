@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage.models import used_jtis
-from gateway.storage.sql import Sql
+from gateway.storage.sql import Sql, Statement
 
 
 def _key(kind: str, issuer: str, jti: str) -> str:
@@ -42,12 +42,19 @@ def use_once_in(sql: Sql, *, kind: str, issuer: str, jti: str, expires_at: datet
     proof's jti costs no commit of its own. ``ON CONFLICT DO NOTHING`` (both
     engines) reports a replay by its row count, without an error to recover from.
     """
-    inserted = sql.run(
+    statement = use_once_statement(sql, kind=kind, issuer=issuer, jti=jti, expires_at=expires_at)
+    return sql.run(*statement) == 1
+
+
+def use_once_statement(
+    sql: Sql, *, kind: str, issuer: str, jti: str, expires_at: datetime
+) -> Statement:
+    """:func:`use_once_in`'s statement (for ``Sql.run_all``): one row changed unless replayed."""
+    return (
         "INSERT INTO used_jtis (key, expires_at) VALUES (:key, :expires_at)"
         " ON CONFLICT (key) DO NOTHING",
         {"key": _key(kind, issuer, jti), "expires_at": sql.time(expires_at)},
     )
-    return inserted == 1
 
 
 async def prune(engine: AsyncEngine, now: datetime) -> None:

@@ -46,7 +46,7 @@ from gateway.minimise import minimise
 from gateway.policy.decision import Deny, decide_transfer
 from gateway.policy.model import IDENTITY_CLAIMS, Provider, Resource
 from gateway.runtime import Runtime
-from gateway.storage.sql import Sql
+from gateway.storage.sql import Sql, Statement
 from gateway.subjects import pairwise_subject, trail_pseudonym
 from gateway.tokens import ConsentToken, mint_provider_assertion, verify_consent_token
 from gateway.trail import EventType, TrailEvent
@@ -201,24 +201,32 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
             raise _Denied(4, Forbidden(decision.code, decision.reason))
         query = _check_query(resource, req.query)
 
-        # (5) spend the proof, consume one use, record transfer.authorized
+        # (5) spend the proof, consume one use, record transfer.authorized: one
+        # round trip. A replayed proof or a use not taken fails the unit, which
+        # undoes all three (the writer rolls a failed unit back).
         seen.step = 5
-        if not _use_proof(tx, proof):
+        proof_spent, use_taken, _ = sql.run_all(
+            [
+                _use_proof_statement(tx, proof),
+                rt.consents.consume_statement(sql, consent.id, provider.id, tx.now),
+                _transfer_statement(
+                    sql,
+                    transfer_id=seen.transfer_id,
+                    consent=consent,
+                    provider=provider.id,
+                    resource=resource.id,
+                    request_id=req.request_id,
+                    state="authorized",
+                    now=tx.now,
+                ),
+            ]
+        )
+        if proof_spent != 1:
             raise _Denied(2, _replayed())
-        if not rt.consents.consume(sql, consent.id, provider.id, tx.now):
+        if use_taken != 1:
             now_read = rt.consents.read_for_transfer(sql, consent.id)
             raise _Denied(5, _why_not_consumable(now_read[0] if now_read else None))
         subject = trail_pseudonym(secret)
-        _insert_transfer(
-            sql,
-            transfer_id=seen.transfer_id,
-            consent=consent,
-            provider=provider.id,
-            resource=resource.id,
-            request_id=req.request_id,
-            state="authorized",
-            now=tx.now,
-        )
         await tx.record(
             [
                 TrailEvent(
@@ -312,7 +320,11 @@ def _replayed() -> Unauthenticated:
 
 
 def _use_proof(tx: Tx, proof: dpop.DpopProof) -> bool:
-    return replay.use_once_in(
+    return tx.sql.run(*_use_proof_statement(tx, proof)) == 1
+
+
+def _use_proof_statement(tx: Tx, proof: dpop.DpopProof) -> Statement:
+    return replay.use_once_statement(
         tx.sql,
         kind="dpop",
         issuer=proof.jkt,
@@ -321,7 +333,12 @@ def _use_proof(tx: Tx, proof: dpop.DpopProof) -> bool:
     )
 
 
-def _insert_transfer(
+def _insert_transfer(sql: Sql, **row: Any) -> None:
+    """The person's record of one transfer (their dashboard lists these)."""
+    sql.run(*_transfer_statement(sql, **row))
+
+
+def _transfer_statement(
     sql: Sql,
     *,
     transfer_id: str,
@@ -334,10 +351,10 @@ def _insert_transfer(
     http_status: int | None = None,
     error_code: str | None = None,
     finished: bool = False,
-) -> None:
-    """The person's record of one transfer (their dashboard lists these)."""
+) -> Statement:
+    """:func:`_insert_transfer`'s statement, for :meth:`Sql.run_all`."""
     stored_now = sql.time(now)
-    sql.run(
+    return (
         "INSERT INTO transfers (id, consent_id, client_id, subject_id, provider, resource,"
         " request_id, state, http_status, error_code, created_at, finished_at)"
         " VALUES (:id, :consent_id, :client_id, :subject_id, :provider, :resource,"
@@ -496,7 +513,7 @@ async def _write_outcome(
                     "delivered_sha256": digest,
                 },
             )
-        sql.run(
+        finish: Statement = (
             "UPDATE transfers SET finished_at = :now, state = :state, http_status = :http_status,"
             " error_code = :error_code, size = :size, sha256 = :sha256 WHERE id = :id",
             {
@@ -508,9 +525,12 @@ async def _write_outcome(
                 **values,
             },
         )
-        await tx.record([event])
+        await tx.record([event])  # in the batch, in memory: no statement
         if failed is None:
-            await rt.consents.close_if_used_up(tx, consent, subject=subject)
+            # The transfer's row and the consent's end share one round trip.
+            await rt.consents.close_if_used_up(tx, consent, subject=subject, along=[finish])
+        else:
+            sql.run(*finish)
 
     await rt.writer.run(work)
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import select
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,7 @@ _names = itertools.count()
 
 Params = Mapping[str, Any]
 Row = tuple[Any, ...]
+Statement = tuple[str, Params]  # a ``:name`` text and its parameters
 
 
 class Sql:
@@ -139,6 +141,26 @@ class Sql:
     def run(self, sql: str, params: Params | None = None) -> int:
         """Execute one statement; return the number of rows it changed."""
         return self._execute(sql, params, rows=False)[0]
+
+    def run_all(self, statements: Sequence[Statement]) -> list[int]:
+        """Execute statements in order, in one round trip; their row counts.
+
+        On PostgreSQL, inside a transaction, they go as one libpq pipeline:
+        sent together, their results read after one wait. The first failure
+        is raised once every result is in (the ones after it were skipped,
+        and the transaction is aborted, as if they had run one by one). On
+        SQLite they run one by one, in process. For statements whose
+        parameters do not depend on each other's results; a caller that
+        must not run the later ones when an earlier one changes nothing
+        (a replayed jti, say) runs them this way only if its failure undoes
+        the unit, as a unit of work's failure does.
+        """
+        pg = self._pg
+        if pg is not None and len(statements) > 1:
+            done = pg.pipeline(statements)
+            if done is not None:
+                return done
+        return [self.run(sql, params) for sql, params in statements]
 
     def command(self, sql: str) -> None:
         """A statement without parameters or result (``SAVEPOINT``, ``RELEASE``)."""
@@ -280,7 +302,9 @@ class _Prepared:
         self._auto = PyFormat.AUTO
         self._in_transaction = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
         self._ok = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+        self._sync = pq.ExecStatus.PIPELINE_SYNC
         self._error_from = errors.error_from_result
+        self._operational = errors.OperationalError
         self._formats: dict[int, list[Any]] = {}
         # ":name" text -> ($n text, the names in $n order)
         self._named: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -292,6 +316,11 @@ class _Prepared:
     def execute_named(
         self, sql: str, params: Params, *, rows: bool
     ) -> tuple[int, list[Row] | None] | None:
+        text, values = self._numbered(sql, params)
+        return self.execute(text, values, rows=rows, marks=False)
+
+    def _numbered(self, sql: str, params: Params) -> tuple[str, list[Any]]:
+        """The ``$n`` text of a ``:name`` one, and the values in ``$n`` order."""
         named = self._named.get(sql)
         if named is None:
             order: list[str] = []
@@ -304,8 +333,7 @@ class _Prepared:
 
             named = self._named[sql] = (_NAMED.sub(number, sql), tuple(order))
         text, order_ = named
-        values = [params[name] for name in order_]
-        return self.execute(text, values, rows=rows, marks=False)
+        return text, [params[name] for name in order_]
 
     def execute(
         self, text: str, values: Sequence[Any], *, rows: bool, marks: bool = True
@@ -318,6 +346,26 @@ class _Prepared:
         pgconn = self._pgconn
         if pgconn.transaction_status not in self._in_transaction:
             return None
+        ready = self._ready(text, values, marks=marks)
+        if ready is None:
+            return None
+        result = pgconn.exec_prepared(*ready)
+        self._check(result)
+        found = None
+        if rows:
+            tx = self._tx
+            tx.set_pgresult(result)
+            found = tx.load_rows(0, result.ntuples, tuple)
+        return result.command_tuples or 0, found
+
+    def _ready(
+        self, text: str, values: Sequence[Any], *, marks: bool
+    ) -> tuple[bytes, Sequence[Any], list[Any]] | None:
+        """The prepared statement's name, the dumped values and their formats.
+
+        Prepares the statement first if this text and these types are new
+        (a round trip of its own, once); None past :data:`PREPARED_MAX`.
+        """
         query = self._dollar.get(text)
         if query is None:
             dollars = text
@@ -337,15 +385,53 @@ class _Prepared:
             if len(self.names) >= PREPARED_MAX:
                 return None
             name = f"_gw_{next(_names)}".encode()
-            self._check(pgconn.prepare(name, query, tx.types))
+            self._check(self._pgconn.prepare(name, query, tx.types))
             self.names[key] = name
-        result = pgconn.exec_prepared(name, dumped, tx.formats)
-        self._check(result)
-        found = None
-        if rows:
-            tx.set_pgresult(result)
-            found = tx.load_rows(0, result.ntuples, tuple)
-        return result.command_tuples or 0, found
+        return name, dumped, list(tx.formats or ())  # copied: the next dump reuses them
+
+    def pipeline(self, statements: Sequence[Statement]) -> list[int] | None:
+        """Run ``:name`` statements as one pipeline; their row counts (see Sql.run_all)."""
+        pgconn = self._pgconn
+        if pgconn.transaction_status not in self._in_transaction:
+            return None
+        ready = []
+        for sql, params in statements:
+            one = self._ready(*self._numbered(sql, params), marks=False)
+            if one is None:
+                return None
+            ready.append(one)
+        results = []
+        pgconn.enter_pipeline_mode()
+        try:
+            for name, dumped, formats in ready:
+                pgconn.send_query_prepared(name, dumped, formats)
+            pgconn.pipeline_sync()
+            self._send()
+            for _ in ready:
+                results.append(self._result())
+                self._result()  # the None that ends each statement's results
+            sync = self._result()
+        finally:
+            pgconn.exit_pipeline_mode()
+        for result in results:
+            self._check(result)  # the first failure; the rest were skipped
+        if sync is None or sync.status != self._sync:
+            raise self._operational("a pipeline ended without its synchronisation point")
+        return [result.command_tuples or 0 for result in results]
+
+    def _send(self) -> None:
+        """Flush what libpq holds (the connection is non-blocking)."""
+        pgconn = self._pgconn
+        while pgconn.flush():
+            select.select([pgconn.socket], [pgconn.socket], [])
+
+    def _result(self) -> Any:
+        """The next result, waiting for it without holding the GIL."""
+        pgconn = self._pgconn
+        while pgconn.is_busy():
+            select.select([pgconn.socket], [], [])
+            pgconn.consume_input()
+        return pgconn.get_result()
 
     def _check(self, result: Any) -> None:
         if result.status not in self._ok:

@@ -25,9 +25,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
 
 from gateway.app import sweep
 from gateway.demo.story import revoke_on_my_page
+from gateway.storage.models import consent_allowances, transfers
 from gateway.tokens import mint_consent_token
 from tests.conftest import (
     CNAF,
@@ -310,6 +312,20 @@ async def test_replayed_proof(stack: Stack, providers: Providers) -> None:
         stack, providers, again, status=401, code="dpop_proof_replayed", step=2, relayed=1
     )
     assert denied["client_id"] == "mairie-demoville"
+    # The replayed request's unit spent the proof, took a use and wrote its
+    # transfer row in one round trip: the refusal undid the last two.
+    async with stack.rt.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(transfers.c.id, transfers.c.state).order_by(transfers.c.created_at)
+            )
+        ).all()
+        uses = (await conn.execute(select(consent_allowances.c.uses_left))).scalars().all()
+    assert [(row.id, row.state) for row in rows] == [
+        (first.headers["Transfer-Id"], "completed"),
+        (again.headers["Transfer-Id"], "denied"),
+    ]
+    assert uses == [1]
     # The replay did not cost the client its second transfer.
     assert (await call_with(stack, grant.access_token)).status_code == 200
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -230,23 +231,36 @@ def test_postgresql_past_the_cap_statements_go_through_the_cursor(
         ]
 
 
-def test_postgresql_waits_for_the_server_without_holding_the_gil() -> None:
-    # The writer runs statements in its thread while the event loop serves
-    # requests: libpq must let go of the GIL while the server works.
-    import threading
+def _spun_while(work: Callable[[], object]) -> float:
+    """How much of its spinning rate this thread kept while ``work`` ran in another.
 
-    for sql in _postgresql():
-        sql.one("SELECT pg_sleep(:s)", {"s": 0.0})  # prepare it first
-        assert sql.prepared == 1
-        worker = threading.Thread(target=sql.one, args=("SELECT pg_sleep(:s)", {"s": 0.3}))
-        spins = 0
+    The rate is first taken beside a thread in ``time.sleep``, which lets go
+    of the GIL. Work that lets go of it while the server takes 0.3 s keeps
+    about 1; work that holds it, about 0.01 (a few switch intervals).
+    """
+    import threading
+    import time
+
+    def spins_per_second(target: Callable[[], object]) -> float:
+        worker = threading.Thread(target=target)
+        spins, start = 0, time.perf_counter()
         worker.start()
         while worker.is_alive():
             spins += 1
         worker.join()
-        # Held for 0.3 s, the GIL would leave this thread a few switch intervals
-        # (5 ms each) of spinning; released, it spins for the whole 0.3 s.
-        assert spins > 100_000
+        return spins / (time.perf_counter() - start)
+
+    free = spins_per_second(lambda: time.sleep(0.3))
+    return spins_per_second(work) / free
+
+
+def test_postgresql_waits_for_the_server_without_holding_the_gil() -> None:
+    # The writer runs statements in its thread while the event loop serves
+    # requests: libpq must let go of the GIL while the server works.
+    for sql in _postgresql():
+        sql.one("SELECT pg_sleep(:s)", {"s": 0.0})  # prepare it first
+        assert sql.prepared == 1
+        assert _spun_while(functools.partial(sql.one, "SELECT pg_sleep(:s)", {"s": 0.3})) > 0.3
 
 
 def test_postgresql_statements_outlive_rollbacks_and_psycopgs_own_statements() -> None:
@@ -281,3 +295,83 @@ def test_postgresql_a_statement_deallocated_elsewhere_is_prepared_again() -> Non
         sql.connection.execute("SELECT 1")  # a new transaction
         assert sql.one(query, {"n": 1}) == (2,)
         assert sql.prepared == 1
+
+
+def test_run_all_runs_statements_in_order_and_counts_each(sql: Sql) -> None:
+    sql.insert_rows("t", ("n", "label", "blob"), [(1, "a", b""), (2, "b", b"")])
+    counts = sql.run_all(
+        [
+            ("INSERT INTO t (n, label) VALUES (:n, :label)", {"n": 3, "label": "c"}),
+            ("UPDATE t SET label = :label WHERE n >= :n", {"label": "late", "n": 2}),
+            ("DELETE FROM t WHERE n = :n", {"n": 99}),
+        ]
+    )
+    assert counts == [1, 2, 0]  # the UPDATE saw the INSERT before it
+    assert sql.all("SELECT n, label FROM t ORDER BY n") == [(1, "a"), (2, "late"), (3, "late")]
+
+
+def test_run_all_raises_the_first_failure_and_the_unit_rolls_back(sql: Sql) -> None:
+    sql.insert_rows("t", ("n", "label", "blob"), [(1, "kept", b"")])
+    sql.command("SAVEPOINT unit")
+    with pytest.raises(Exception, match=r"(?i)null"):
+        sql.run_all(
+            [
+                ("UPDATE t SET label = :label WHERE n = :n", {"label": "changed", "n": 1}),
+                ("INSERT INTO t (n) VALUES (:n)", {"n": None}),
+                ("INSERT INTO t (n, label) VALUES (:n, :label)", {"n": 2, "label": "never"}),
+            ]
+        )
+    sql.command("ROLLBACK TO SAVEPOINT unit")
+    assert sql.all("SELECT n, label FROM t ORDER BY n") == [(1, "kept")]
+    assert sql.run_all([("DELETE FROM t WHERE n = :n", {"n": 1})] * 2) == [1, 0]
+
+
+class _Calls:
+    """A pgconn that counts the calls made on it."""
+
+    def __init__(self, pgconn: Any) -> None:
+        self._pgconn = pgconn
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._pgconn, name)
+        if callable(attribute):
+            self.calls.append(name)
+        return attribute
+
+
+def test_postgresql_run_all_is_one_pipeline_left_clean() -> None:
+    from psycopg import errors, pq
+
+    for sql in _pg_in_transaction():
+        statement = ("INSERT INTO v (id, n) VALUES (:id, :n)", {"id": "x", "n": 1})
+        update = ("UPDATE v SET n = :n WHERE id = :id", {"n": 2, "id": "x"})
+        assert sql.run_all([update, statement]) == [0, 1]  # prepares both
+        sql.run("DELETE FROM v WHERE id = :id", {"id": "x"})
+        assert sql._pg is not None
+        spy = sql._pg._pgconn = _Calls(sql._pg._pgconn)  # type: ignore[assignment]
+        assert sql.run_all([statement, update]) == [1, 1]
+        assert spy.calls.count("send_query_prepared") == 2
+        assert spy.calls.count("pipeline_sync") == 1
+        assert "exec_prepared" not in spy.calls and "prepare" not in spy.calls
+        sql.command("SAVEPOINT s")
+        with pytest.raises(errors.UniqueViolation):
+            sql.run_all([statement, statement])
+        assert sql.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF
+        sql.command("ROLLBACK TO SAVEPOINT s")
+        assert sql.one("SELECT n FROM v WHERE id = :id", {"id": "x"}) == (2,)
+
+
+def test_postgresql_run_all_outside_a_transaction_runs_one_by_one() -> None:
+    for sql in _postgresql():
+        sql.connection.commit()
+        assert sql.run_all([("SELECT :n::int", {"n": 1}), ("SELECT :n::int", {"n": 2})]) == [1, 1]
+
+
+def test_postgresql_run_all_waits_without_holding_the_gil() -> None:
+    # libpq's PQgetResult would wait holding the GIL: run_all waits in select().
+    for sql in _postgresql():
+        sleep = ("SELECT pg_sleep(:s)", {"s": 0.0})
+        sql.run_all([sleep, sleep])  # prepared, inside the transaction
+        slow = [("SELECT pg_sleep(:s)", {"s": 0.3}), sleep]
+        assert _spun_while(functools.partial(sql.run_all, slow)) > 0.3
