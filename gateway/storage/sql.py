@@ -44,6 +44,7 @@ its own.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import select
@@ -411,8 +412,13 @@ class _Prepared:
                 results.append(self._result())
                 self._result()  # the None that ends each statement's results
             sync = self._result()
-        finally:
-            pgconn.exit_pipeline_mode()
+        except BaseException:
+            # A broken connection (the writer then discards it): keep its error,
+            # not the one leaving pipeline mode with results uncollected gives.
+            with contextlib.suppress(Exception):
+                pgconn.exit_pipeline_mode()
+            raise
+        pgconn.exit_pipeline_mode()
         for result in results:
             self._check(result)  # the first failure; the rest were skipped
         if sync is None or sync.status != self._sync:

@@ -33,7 +33,8 @@ def _postgresql() -> Iterator[Sql]:
     try:
         yield Sql(conn, "postgresql")
     finally:
-        conn.rollback()
+        if not conn.broken:
+            conn.rollback()
         conn.close()
 
 
@@ -375,3 +376,17 @@ def test_postgresql_run_all_waits_without_holding_the_gil() -> None:
         sql.run_all([sleep, sleep])  # prepared, inside the transaction
         slow = [("SELECT pg_sleep(:s)", {"s": 0.3}), sleep]
         assert _spun_while(functools.partial(sql.run_all, slow)) > 0.3
+
+
+def test_postgresql_run_all_on_a_lost_connection_raises_the_loss() -> None:
+    import psycopg
+
+    for sql in _pg_in_transaction():
+        statements = [("SELECT :n::int", {"n": 1}), ("SELECT :n::int + 1", {"n": 1})]
+        assert sql.run_all(statements) == [1, 1]
+        pid = sql.connection.info.backend_pid
+        with psycopg.connect(PG_URL, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(psycopg.OperationalError) as lost:
+            sql.run_all(statements)
+        assert "pipeline" not in str(lost.value)  # the loss, not a pipeline-state error
