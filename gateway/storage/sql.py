@@ -160,8 +160,25 @@ class Sql:
         if pg is not None and len(statements) > 1:
             done = pg.pipeline(statements)
             if done is not None:
-                return done
+                return [count for count, _ in done]
         return [self.run(sql, params) for sql, params in statements]
+
+    def begin_with(self, statements: Sequence[Statement]) -> list[list[Row]]:
+        """Start the transaction if none is open, then run ``statements``; their rows.
+
+        On PostgreSQL the ``BEGIN`` and the statements go as one pipeline (the
+        trail writer's batch opens with it: ``BEGIN``, the trail lock, the log's
+        size read once the lock is held, in one round trip instead of three).
+        Each statement still takes its own snapshot, so a read after a lock
+        sees what was committed before the lock was granted. On SQLite the
+        statements run one by one in the transaction SQLAlchemy began.
+        """
+        pg = self._pg
+        if pg is not None:
+            done = pg.pipeline(statements, rows=True, begin=True)
+            if done is not None:
+                return [found or [] for _, found in done]
+        return [self.all(sql, params) for sql, params in statements]
 
     def command(self, sql: str) -> None:
         """A statement without parameters or result (``SAVEPOINT``, ``RELEASE``)."""
@@ -298,8 +315,10 @@ class _Prepared:
         # which would take these statements with its own. This connection's
         # repeated statements are prepared here instead.
         conn.prepare_threshold = None
+        self._conn = conn
         self._pgconn = conn.pgconn
         self._tx = Transformer(conn)
+        self._idle = pq.TransactionStatus.IDLE
         self._auto = PyFormat.AUTO
         self._in_transaction = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
         self._ok = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
@@ -390,11 +409,23 @@ class _Prepared:
             self.names[key] = name
         return name, dumped, list(tx.formats or ())  # copied: the next dump reuses them
 
-    def pipeline(self, statements: Sequence[Statement]) -> list[int] | None:
-        """Run ``:name`` statements as one pipeline; their row counts (see Sql.run_all)."""
+    def pipeline(
+        self, statements: Sequence[Statement], *, rows: bool = False, begin: bool = False
+    ) -> list[tuple[int, list[Row] | None]] | None:
+        """Run ``:name`` statements as one pipeline (see Sql.run_all and Sql.begin_with).
+
+        Each statement's row count and, with ``rows``, its rows. With
+        ``begin``, a connection with no transaction open starts one first, in
+        the same pipeline, as psycopg would (a plain ``BEGIN``: None where the
+        connection asks for another isolation level, read-only or deferrable).
+        """
         pgconn = self._pgconn
-        if pgconn.transaction_status not in self._in_transaction:
-            return None
+        status = pgconn.transaction_status
+        if status not in self._in_transaction:
+            if not (begin and status == self._idle and self._plain_begin()):
+                return None
+        else:
+            begin = False
         ready = []
         for sql, params in statements:
             one = self._ready(*self._numbered(sql, params), marks=False)
@@ -404,11 +435,13 @@ class _Prepared:
         results = []
         pgconn.enter_pipeline_mode()
         try:
+            if begin:
+                pgconn.send_query_params(b"BEGIN", None)
             for name, dumped, formats in ready:
                 pgconn.send_query_prepared(name, dumped, formats)
             pgconn.pipeline_sync()
             self._send()
-            for _ in ready:
+            for _ in range(len(ready) + begin):
                 results.append(self._result())
                 self._result()  # the None that ends each statement's results
             sync = self._result()
@@ -423,7 +456,24 @@ class _Prepared:
             self._check(result)  # the first failure; the rest were skipped
         if sync is None or sync.status != self._sync:
             raise self._operational("a pipeline ended without its synchronisation point")
-        return [result.command_tuples or 0 for result in results]
+        done = []
+        tx = self._tx
+        for result in results[1:] if begin else results:
+            found = None
+            if rows:
+                tx.set_pgresult(result)
+                found = tx.load_rows(0, result.ntuples, tuple)
+            done.append((result.command_tuples or 0, found))
+        return done
+
+    def _plain_begin(self) -> bool:
+        conn = self._conn
+        return (
+            not conn.autocommit
+            and conn.isolation_level is None
+            and conn.read_only is None
+            and conn.deferrable is None
+        )
 
     def _send(self) -> None:
         """Flush what libpq holds (the connection is non-blocking)."""

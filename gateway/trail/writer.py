@@ -249,9 +249,12 @@ class _Batch:
         _store_hashes(self.sql, self.start, self.leaves)
 
 
+_TREE_SIZE = "SELECT coalesce(max(idx) + 1, 0) FROM trail_entries"
+
+
 def tree_size(sql: Sql) -> int:
     """Entries in the log, from storage (max index + 1)."""
-    row = sql.one("SELECT coalesce(max(idx) + 1, 0) FROM trail_entries")
+    row = sql.one(_TREE_SIZE)
     return int(row[0]) if row is not None else 0
 
 
@@ -551,8 +554,14 @@ class TrailWriter:
         if sql is None or sql.connection is not dbapi:
             sql = self._sql = Sql(dbapi, conn.dialect.name)
         if sql.dialect == "postgresql":
-            sql.run("SELECT pg_advisory_xact_lock(:k)", {"k": PG_TRAIL_LOCK})
-        batch = _Batch(self.trail, sql, start=tree_size(sql))
+            # BEGIN, the trail lock, then the log's size read under it: one round trip.
+            _, size = sql.begin_with(
+                [("SELECT pg_advisory_xact_lock(:k)", {"k": PG_TRAIL_LOCK}), (_TREE_SIZE, {})]
+            )
+            start = int(size[0][0])
+        else:
+            start = tree_size(sql)
+        batch = _Batch(self.trail, sql, start=start)
         now = self.clock()
         unit_conn = UnitConnection(conn)
         for item in items:

@@ -390,3 +390,84 @@ def test_postgresql_run_all_on_a_lost_connection_raises_the_loss() -> None:
         with pytest.raises(psycopg.OperationalError) as lost:
             sql.run_all(statements)
         assert "pipeline" not in str(lost.value)  # the loss, not a pipeline-state error
+
+
+def test_begin_with_starts_a_transaction_and_returns_each_statements_rows(sql: Sql) -> None:
+    sql.insert_rows("t", ("n", "label", "blob"), [(1, "a", b""), (2, "b", b"")])
+    sql.connection.commit()
+    counted, labels = sql.begin_with(
+        [("SELECT count(*) FROM t", {}), ("SELECT label FROM t WHERE n > :n ORDER BY n", {"n": 0})]
+    )
+    assert counted == [(2,)]
+    assert labels == [("a",), ("b",)]
+
+
+def test_postgresql_begin_with_is_one_pipeline_with_its_begin() -> None:
+    from psycopg import pq
+
+    for sql in _pg_in_transaction():
+        statements = [("SELECT count(*) FROM v", {}), ("SELECT :n::int", {"n": 7})]
+        assert sql.begin_with(statements) == [[(0,)], [(7,)]]  # prepares, in the transaction
+        sql.connection.commit()
+        assert sql.connection.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        assert sql._pg is not None
+        spy = sql._pg._pgconn = _Calls(sql._pg._pgconn)  # type: ignore[assignment]
+        assert sql.begin_with(statements) == [[(0,)], [(7,)]]
+        assert spy.calls.count("send_query_params") == 1  # the BEGIN
+        assert spy.calls.count("send_query_prepared") == 2
+        assert spy.calls.count("pipeline_sync") == 1
+        assert sql.connection.pgconn.transaction_status == pq.TransactionStatus.INTRANS
+        spy.calls.clear()
+        sql.begin_with(statements)  # already in a transaction: no BEGIN
+        assert spy.calls.count("send_query_params") == 0
+
+
+def test_postgresql_begin_with_leaves_other_isolation_levels_to_psycopg() -> None:
+    import psycopg
+    from psycopg import pq
+
+    for sql in _postgresql():
+        sql.connection.commit()
+        sql.connection.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        assert sql.begin_with(
+            [("SELECT current_setting(:name)", {"name": "transaction_isolation"})]
+        ) == [[("serializable",)]]
+        assert sql.connection.pgconn.transaction_status == pq.TransactionStatus.INTRANS
+
+
+def test_postgresql_begin_with_reads_after_the_lock_what_its_holder_committed() -> None:
+    # The trail writer's batch: BEGIN, the advisory lock, then max(idx). Each
+    # statement has its own snapshot, so a size read after waiting for the
+    # lock sees the rows the lock's previous holder committed.
+    import threading
+
+    import psycopg
+
+    if not PG_URL:
+        pytest.skip("GATEWAY_TEST_DATABASE_URL not set")
+    lock = ("SELECT pg_advisory_xact_lock(:k)", {"k": 424242})
+    with psycopg.connect(PG_URL) as holder:
+        holder.execute("CREATE TABLE IF NOT EXISTS sql_lock_probe (n integer)")
+        holder.execute("TRUNCATE sql_lock_probe")
+        holder.commit()
+        try:
+            for sql in _postgresql():
+                sql.connection.commit()
+                holder.execute("SELECT pg_advisory_xact_lock(%s)", [424242])
+                holder.execute("INSERT INTO sql_lock_probe VALUES (1)")
+                seen: list[Any] = []
+
+                def wait_then_read(sql: Sql = sql, seen: list[Any] = seen) -> None:
+                    seen.append(sql.begin_with([lock, ("SELECT count(*) FROM sql_lock_probe", {})]))
+
+                waiter = threading.Thread(target=wait_then_read)
+                waiter.start()
+                waiter.join(0.3)
+                assert waiter.is_alive()  # waiting for the lock
+                holder.commit()
+                waiter.join(5)
+                assert seen == [[[("",)], [(1,)]]]
+        finally:
+            holder.rollback()
+            holder.execute("DROP TABLE sql_lock_probe")
+            holder.commit()
