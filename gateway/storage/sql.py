@@ -234,14 +234,42 @@ class Sql:
         takes. ``table`` and ``columns`` are the caller's constants, never
         input.
         """
+        self.insert_tables([(table, columns, rows)])
+
+    def insert_tables(
+        self, inserts: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]]
+    ) -> None:
+        """:meth:`insert_rows` for several ``(table, columns, rows)``, in that order.
+
+        On PostgreSQL, inside a transaction, every chunk of every table goes in
+        one pipeline: one round trip for a trail batch's entries and hashes
+        (eight or so statements), instead of one each.
+        """
+        chunks = [chunk for insert in inserts for chunk in self._chunks(*insert)]
+        pg = self._pg
+        if (
+            pg is not None
+            and len(chunks) > 1
+            and pg.pipeline_texts([(text, values, True) for text, values in chunks]) is not None
+        ):
+            return
+        for text, values in chunks:
+            self._insert(text, values)
+
+    def _chunks(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        """The multi-row INSERTs for ``rows`` (see :meth:`insert_rows`) and their values."""
+        chunks = []
         total = len(rows)
         start, size = 0, ROWS_PER_INSERT
         while start < total:
             while size > total - start:
                 size //= 2
             values = [v for row in rows[start : start + size] for v in row]
-            self._insert(self._insert_text(table, columns, size), values)
+            chunks.append((self._insert_text(table, columns, size), values))
             start += size
+        return chunks
 
     def _insert(self, statement: str, values: list[Any]) -> None:
         """One multi-row INSERT with positional parameters."""
@@ -419,6 +447,17 @@ class _Prepared:
         the same pipeline, as psycopg would (a plain ``BEGIN``: None where the
         connection asks for another isolation level, read-only or deferrable).
         """
+        items = [(*self._numbered(sql, params), False) for sql, params in statements]
+        return self.pipeline_texts(items, rows=rows, begin=begin)
+
+    def pipeline_texts(
+        self,
+        items: Sequence[tuple[str, Sequence[Any], bool]],
+        *,
+        rows: bool = False,
+        begin: bool = False,
+    ) -> list[tuple[int, list[Row] | None]] | None:
+        """:meth:`pipeline` for ``(text, values, marks)``, as :meth:`execute` takes them."""
         pgconn = self._pgconn
         status = pgconn.transaction_status
         if status not in self._in_transaction:
@@ -427,8 +466,8 @@ class _Prepared:
         else:
             begin = False
         ready = []
-        for sql, params in statements:
-            one = self._ready(*self._numbered(sql, params), marks=False)
+        for text, values, marks in items:
+            one = self._ready(text, values, marks=marks)
             if one is None:
                 return None
             ready.append(one)

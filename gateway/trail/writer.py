@@ -244,9 +244,15 @@ class _Batch:
         return indexes
 
     def flush(self) -> None:
-        """Insert the batch's entries and the Merkle hashes of its new leaves."""
-        self.sql.insert_rows("trail_entries", ENTRY_COLUMNS, self.rows)
-        _store_hashes(self.sql, self.start, self.leaves)
+        """Insert the batch's entries and the Merkle hashes of its new leaves.
+
+        The hashes' inputs are read first, so that the entries and the hashes
+        then go together (one round trip on PostgreSQL: ``Sql.insert_tables``).
+        """
+        hashes = _new_hashes(self.sql, self.start, self.leaves)
+        self.sql.insert_tables(
+            [("trail_entries", ENTRY_COLUMNS, self.rows), ("trail_hashes", ("idx", "hash"), hashes)]
+        )
 
 
 _TREE_SIZE = "SELECT coalesce(max(idx) + 1, 0) FROM trail_entries"
@@ -267,17 +273,16 @@ def read_hashes(sql: Sql, indexes: Sequence[int]) -> dict[int, bytes]:
     return {int(i): bytes(h) for i, h in rows}
 
 
-def _store_hashes(sql: Sql, start: int, leaves: Sequence[bytes]) -> None:
-    """Append the stored hashes (Go tlog layout) for leaves ``start .. start+len-1``."""
+def _new_hashes(sql: Sql, start: int, leaves: Sequence[bytes]) -> list[tuple[int, bytes]]:
+    """The stored hashes (Go tlog layout) that leaves ``start .. start+len-1`` add."""
     if not leaves:
-        return
+        return []
     needed = merkle.hashes_to_store_indexes(start, len(leaves))
     known = read_hashes(sql, needed)
     missing = set(needed) - set(known)
     if missing:
         raise RuntimeError(f"trail hashes missing from storage: {sorted(missing)[:5]}")
-    new = merkle.hashes_to_store(start, leaves, lambda idx: [known[i] for i in idx])
-    sql.insert_rows("trail_hashes", ("idx", "hash"), new)
+    return merkle.hashes_to_store(start, leaves, lambda idx: [known[i] for i in idx])
 
 
 @dataclass

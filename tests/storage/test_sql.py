@@ -69,20 +69,40 @@ def test_insert_rows_takes_one_statement_per_chunk(
     sql: Sql, count: int, chunks: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No executemany: a statement per chunk, whole chunks, then halving powers of two.
-    executed: list[int] = []
-    real_insert = sql._insert
-
-    def counting(statement: str, values: list[Any]) -> None:
-        executed.append(statement.count("("))
-        real_insert(statement, values)
-
-    monkeypatch.setattr(sql, "_insert", counting)
-    monkeypatch.setattr(sql, "many", lambda *_: pytest.fail("insert_rows used executemany"))
-    sql.insert_rows("t", ("n", "label", "blob"), [(i, "x", b"") for i in range(count)])
+    rows = [(i, "x", b"") for i in range(count)]
+    planned = sql._chunks("t", ("n", "label", "blob"), rows)
     # Each statement is "INSERT INTO t (columns) VALUES (..), (..)": one "(" per row + 1.
-    assert [n - 1 for n in executed] == chunks
+    assert [text.count("(") - 1 for text, _ in planned] == chunks
+    assert [v for _, values in planned for v in values] == [v for row in rows for v in row]
+    monkeypatch.setattr(sql, "many", lambda *_: pytest.fail("insert_rows used executemany"))
+    sql.insert_rows("t", ("n", "label", "blob"), rows)
     assert sorted({size for _, _, size in sql._inserts}) == sorted(set(chunks))
     assert sql.one("SELECT count(*) FROM t") == (count,)
+
+
+def test_insert_tables_writes_each_table_in_order(sql: Sql) -> None:
+    sql.connection.execute("CREATE TEMPORARY TABLE u (k integer NOT NULL)")
+    first = [(i, f"r{i}", b"") for i in range(ROWS_PER_INSERT + 3)]
+    sql.insert_tables([("t", ("n", "label", "blob"), first), ("u", ("k",), [(7,), (8,)])])
+    assert [(n, label) for n, label, _ in sql.all("SELECT n, label, blob FROM t ORDER BY n")] == [
+        (n, label) for n, label, _ in first
+    ]
+    assert sql.all("SELECT k FROM u ORDER BY k") == [(7,), (8,)]
+    sql.insert_tables([("u", ("k",), [])])  # nothing to write: no statement
+
+
+def test_postgresql_insert_tables_is_one_pipeline() -> None:
+    for sql in _pg_in_transaction():
+        rows = [(f"id{i}", i) for i in range(7)]
+        sql.insert_tables([("v", ("id", "n"), rows[:3]), ("v", ("id", "n"), rows[3:])])
+        assert sql._pg is not None
+        spy = sql._pg._pgconn = _Calls(sql._pg._pgconn)  # type: ignore[assignment]
+        more = [(f"more{i}", i) for i in range(7)]
+        sql.insert_tables([("v", ("id", "n"), more[:3]), ("v", ("id", "n"), more[3:])])
+        assert spy.calls.count("send_query_prepared") == 3  # 3 rows: 2 + 1; 4 rows: 4
+        assert spy.calls.count("pipeline_sync") == 1
+        assert "exec_prepared" not in spy.calls
+        assert sql.one("SELECT count(*) FROM v") == (14,)
 
 
 def test_insert_rows_failure_leaves_the_error_to_the_caller(sql: Sql) -> None:

@@ -127,11 +127,12 @@ async def main():
             rt.writer._write = gated
         else:
             def stalled(sql, start, leaves):
-                # In the writer's thread: the batch's rows are inserted, uncommitted.
+                # In the writer's thread, at the batch's flush: its units' rows
+                # are written, uncommitted; its entries are about to be.
                 (work / "batch-started").touch()
                 time.sleep(3600)
 
-            writer_module._store_hashes = stalled
+            writer_module._new_hashes = stalled
         second = await sp.fetch("cnaf", "quotient_familial", grant.access_token, params=PARAMS)
         (work / "answered").write_text(str(second.status_code))  # never reached
 

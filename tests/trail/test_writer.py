@@ -344,18 +344,20 @@ async def test_a_failed_commit_fails_every_unit_of_the_batch(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = TrailWriter(engine, Trail(DIGEST), utc_now, linger_seconds=0.02)
-    real = writer_module._store_hashes
+    real = writer_module._new_hashes
     failures = iter([RuntimeError("disk full")])
 
-    def store_hashes_failing_once(sql: Sql, start: int, leaves: Sequence[bytes]) -> None:
+    def new_hashes_failing_once(
+        sql: Sql, start: int, leaves: Sequence[bytes]
+    ) -> list[tuple[int, bytes]]:
         failure = next(failures, None)
         if failure is not None:
             raise failure
-        real(sql, start, leaves)
+        return real(sql, start, leaves)
 
     try:
         assert await writer.run(unit("before", 3)) == [0, 1, 2]
-        monkeypatch.setattr(writer_module, "_store_hashes", store_hashes_failing_once)
+        monkeypatch.setattr(writer_module, "_new_hashes", new_hashes_failing_once)
         batches = writer.batches_written
         outcomes = await asyncio.gather(
             *(writer.run(unit(f"lost-{i}", 1 + i % 2)) for i in range(6)),
