@@ -292,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     erase = subject_sub.add_parser(
         "erase", help="delete a person's trail secret: their entries become unlinkable"
     )
-    erase.add_argument("--pseudonym", required=True, help="the person's trail pseudonym")
+    erase.add_argument(
+        "--pseudonym",
+        required=True,
+        help="the person's trail pseudonym; write --pseudonym=P, since one may begin with '-'",
+    )
     erase.set_defaults(func=cmd_subject_erase)
 
     policy = sub.add_parser("policy", help="policy files: policy check")
