@@ -71,7 +71,15 @@ def create_writer_engine(url: URL) -> Engine:
     connection open for its whole life, so the pool holds exactly one.
     """
     sync_url = url.set(drivername=_WRITER_DRIVERS[url.drivername])
-    engine = create_sync_engine(sync_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if sync_url.drivername.startswith("postgresql"):
+        # Sql prepares the writer's statements itself; psycopg's own automatic
+        # preparation, from the connection's first statement on, would send
+        # DEALLOCATE ALL after a rollback and drop them (gateway/storage/sql.py).
+        connect_args["prepare_threshold"] = None
+    engine = create_sync_engine(
+        sync_url, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args=connect_args
+    )
     if sync_url.drivername.startswith("sqlite"):
         _configure_sqlite(engine, busy_timeout_ms=0)
         _poll_for_write_lock(engine)

@@ -491,3 +491,30 @@ def test_postgresql_begin_with_reads_after_the_lock_what_its_holder_committed() 
             holder.rollback()
             holder.execute("DROP TABLE sql_lock_probe")
             holder.commit()
+
+
+def test_postgresql_writer_connection_never_prepares_statements_of_its_own() -> None:
+    # Statements run through SQLAlchemy on the writer's connection before its
+    # Sql exists must not leave psycopg with prepared names of its own: it
+    # would DEALLOCATE ALL at the next rollback, taking Sql's with them.
+    if not PG_URL:
+        pytest.skip("GATEWAY_TEST_DATABASE_URL not set")
+    from sqlalchemy import make_url, text
+
+    from gateway.storage.engine import create_writer_engine
+
+    engine = create_writer_engine(make_url(PG_URL).set(drivername="postgresql+asyncpg"))
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None and raw.prepare_threshold is None
+            for _ in range(8):  # past psycopg's default threshold of 5
+                conn.execute(text("SELECT 1 + :n"), {"n": 1})
+            sql = Sql(raw, "postgresql")
+            assert sql.one("SELECT :n::int", {"n": 3}) == (3,)
+            conn.rollback()
+            conn.execute(text("SELECT 1"))
+            assert sql.one("SELECT :n::int", {"n": 4}) == (4,)
+            conn.rollback()
+    finally:
+        engine.dispose()
