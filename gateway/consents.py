@@ -27,7 +27,7 @@ from sqlalchemy import insert, select, update
 from gateway.ids import random_id, time_ordered_id
 from gateway.policy.decision import AuthorizationDetail
 from gateway.storage.models import consent_allowances, consents, subjects
-from gateway.storage.sql import Sql, Statement
+from gateway.storage.sql import Row, Sql, Statement
 from gateway.subjects import trail_pseudonym
 from gateway.trail import EventType, TrailEvent
 from gateway.trail.writer import Conn, Tx
@@ -234,13 +234,24 @@ class ConsentStore:
         allowance, the consent's columns repeated on each (a consent names a
         provider or two): one round trip rather than two on PostgreSQL.
         """
-        rows = sql.all(
+        return self.from_transfer_rows(sql, sql.all(*self.for_transfer_statement(consent_id)))
+
+    @staticmethod
+    def for_transfer_statement(consent_id: str) -> Statement:
+        """:meth:`read_for_transfer`'s query (for ``Sql.all_and_run``)."""
+        return (
             f"SELECT {_CONSENT_COLUMNS_SQL}, s.lookup, s.trail_secret,"  # noqa: S608 (column names only)
             " a.provider, a.max_transfers, a.uses_left FROM consents c"
             " LEFT JOIN subjects s ON s.id = c.subject_id"
             " LEFT JOIN consent_allowances a ON a.consent_id = c.id WHERE c.id = :id",
             {"id": consent_id},
         )
+
+    @staticmethod
+    def from_transfer_rows(
+        sql: Sql, rows: Sequence[Row]
+    ) -> tuple[Consent, str | None, bytes | None] | None:
+        """What :meth:`read_for_transfer` returns, from its query's rows."""
         if not rows:
             return None
         width = len(_CONSENT_COLUMNS)

@@ -179,8 +179,29 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
 
     async def authorize(tx: Tx) -> tuple[Consent, str | None, str, dict[str, str]]:
         sql = tx.sql
+        # One round trip: read the consent, and already spend the proof, take
+        # the use and write the transfer's row. Any check below that fails
+        # fails the unit, and the writer rolls a failed unit back, so none of
+        # the three outlives a refusal (tests/e2e/test_transfer_refusals.py).
+        rows, (proof_spent, use_taken, recorded) = sql.all_and_run(
+            rt.consents.for_transfer_statement(token.consent_id),
+            [
+                _use_proof_statement(tx, proof),
+                rt.consents.consume_statement(sql, token.consent_id, provider.id, tx.now),
+                _authorized_statement(
+                    sql,
+                    transfer_id=seen.transfer_id,
+                    consent_id=token.consent_id,
+                    client_id=token.client_id,
+                    provider=provider.id,
+                    resource=resource.id,
+                    request_id=req.request_id,
+                    now=tx.now,
+                ),
+            ],
+        )
         # (3) the live consent
-        loaded = rt.consents.read_for_transfer(sql, token.consent_id)
+        loaded = rt.consents.from_transfer_rows(sql, rows)
         if loaded is None or loaded[0].client_id != token.client_id:
             raise _Denied(3, Forbidden("consent_not_found", "the token's consent does not exist"))
         consent, lookup, secret = loaded
@@ -201,31 +222,15 @@ async def _run(rt: Runtime, req: TransferRequest, seen: _Seen) -> TransferResult
             raise _Denied(4, Forbidden(decision.code, decision.reason))
         query = _check_query(resource, req.query)
 
-        # (5) spend the proof, consume one use, record transfer.authorized: one
-        # round trip. A replayed proof or a use not taken fails the unit, which
-        # undoes all three (the writer rolls a failed unit back).
+        # (5) the proof spent, one use taken, the transfer's row written (above)
         seen.step = 5
-        proof_spent, use_taken, _ = sql.run_all(
-            [
-                _use_proof_statement(tx, proof),
-                rt.consents.consume_statement(sql, consent.id, provider.id, tx.now),
-                _transfer_statement(
-                    sql,
-                    transfer_id=seen.transfer_id,
-                    consent=consent,
-                    provider=provider.id,
-                    resource=resource.id,
-                    request_id=req.request_id,
-                    state="authorized",
-                    now=tx.now,
-                ),
-            ]
-        )
         if proof_spent != 1:
             raise _Denied(2, _replayed())
         if use_taken != 1:
             now_read = rt.consents.read_for_transfer(sql, consent.id)
             raise _Denied(5, _why_not_consumable(now_read[0] if now_read else None))
+        if recorded != 1:  # the consent was read just above, for this client
+            raise RuntimeError("the transfer's row was not written")
         subject = trail_pseudonym(secret)
         await tx.record(
             [
@@ -333,12 +338,7 @@ def _use_proof_statement(tx: Tx, proof: dpop.DpopProof) -> Statement:
     )
 
 
-def _insert_transfer(sql: Sql, **row: Any) -> None:
-    """The person's record of one transfer (their dashboard lists these)."""
-    sql.run(*_transfer_statement(sql, **row))
-
-
-def _transfer_statement(
+def _insert_transfer(
     sql: Sql,
     *,
     transfer_id: str,
@@ -351,10 +351,10 @@ def _transfer_statement(
     http_status: int | None = None,
     error_code: str | None = None,
     finished: bool = False,
-) -> Statement:
-    """:func:`_insert_transfer`'s statement, for :meth:`Sql.run_all`."""
+) -> None:
+    """The person's record of one transfer (their dashboard lists these)."""
     stored_now = sql.time(now)
-    return (
+    sql.run(
         "INSERT INTO transfers (id, consent_id, client_id, subject_id, provider, resource,"
         " request_id, state, http_status, error_code, created_at, finished_at)"
         " VALUES (:id, :consent_id, :client_id, :subject_id, :provider, :resource,"
@@ -372,6 +372,42 @@ def _transfer_statement(
             "error_code": error_code,
             "created_at": stored_now,
             "finished_at": stored_now if finished else None,
+        },
+    )
+
+
+def _authorized_statement(
+    sql: Sql,
+    *,
+    transfer_id: str,
+    consent_id: str,
+    client_id: str,
+    provider: str,
+    resource: str,
+    request_id: str,
+    now: datetime,
+) -> Statement:
+    """The ``authorized`` row of :func:`_insert_transfer`, its consent's columns read in place.
+
+    It goes in the same round trip as the read of the consent, so the
+    person's id comes from the consent's row (one row if the consent exists
+    and is this client's, else none).
+    """
+    return (
+        "INSERT INTO transfers (id, consent_id, client_id, subject_id, provider, resource,"
+        " request_id, state, http_status, error_code, created_at, finished_at)"
+        " SELECT :id, c.id, c.client_id, c.subject_id, :provider, :resource, :request_id,"
+        " :state, NULL, NULL, :created_at, NULL FROM consents c"
+        " WHERE c.id = :consent_id AND c.client_id = :client_id",
+        {
+            "id": transfer_id,
+            "consent_id": consent_id,
+            "client_id": client_id,
+            "provider": provider,
+            "resource": resource,
+            "request_id": request_id,
+            "state": "authorized",
+            "created_at": sql.time(now),
         },
     )
 

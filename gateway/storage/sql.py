@@ -163,6 +163,21 @@ class Sql:
                 return [count for count, _ in done]
         return [self.run(sql, params) for sql, params in statements]
 
+    def all_and_run(
+        self, query: Statement, statements: Sequence[Statement]
+    ) -> tuple[list[Row], list[int]]:
+        """The rows of ``query``, then the row counts of ``statements``: one round trip.
+
+        :meth:`run_all` with a query in front (same failure rules): the query
+        reads the database as it was before the statements run.
+        """
+        pg = self._pg
+        if pg is not None and statements:
+            done = pg.pipeline([query, *statements], rows=True)
+            if done is not None:
+                return done[0][1] or [], [count for count, _ in done[1:]]
+        return self.all(*query), [self.run(sql, params) for sql, params in statements]
+
     def begin_with(self, statements: Sequence[Statement]) -> list[list[Row]]:
         """Start the transaction if none is open, then run ``statements``; their rows.
 

@@ -25,7 +25,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.app import sweep
 from gateway.demo.story import revoke_on_my_page
@@ -188,6 +188,20 @@ async def assert_refused(
     # Nothing was relayed for the refused request.
     assert [e["type"] for e in trail].count("transfer.authorized") == relayed
     assert providers.calls == relayed
+    # The unit that refused it may have spent the proof, taken the use and
+    # written an "authorized" row in its one round trip: the refusal undid the
+    # last two (only the "denied" row is left, and only relayed uses are gone).
+    async with stack.rt.engine.connect() as conn:
+        states = (
+            (await conn.execute(select(transfers.c.state).where(transfers.c.id == transfer_id)))
+            .scalars()
+            .all()
+        )
+        allowance = consent_allowances.c
+        used = func.sum(allowance.max_transfers - allowance.uses_left)
+        taken = (await conn.execute(select(func.coalesce(used, 0)))).scalar_one()
+    assert states in ([], ["denied"])
+    assert taken == relayed
     return denied
 
 

@@ -518,3 +518,29 @@ def test_postgresql_writer_connection_never_prepares_statements_of_its_own() -> 
             conn.rollback()
     finally:
         engine.dispose()
+
+
+def test_all_and_run_reads_before_the_statements_change_anything(sql: Sql) -> None:
+    sql.insert_rows("t", ("n", "label", "blob"), [(1, "a", b""), (2, "b", b"")])
+    rows, counts = sql.all_and_run(
+        ("SELECT n, label FROM t WHERE n >= :n ORDER BY n", {"n": 1}),
+        [
+            ("UPDATE t SET label = :label WHERE n = :n", {"label": "changed", "n": 1}),
+            ("INSERT INTO t (n, label) SELECT n + 10, label FROM t WHERE n = :n", {"n": 2}),
+        ],
+    )
+    assert rows == [(1, "a"), (2, "b")]
+    assert counts == [1, 1]
+    assert sql.all("SELECT n, label FROM t ORDER BY n") == [(1, "changed"), (2, "b"), (12, "b")]
+
+
+def test_postgresql_all_and_run_is_one_pipeline() -> None:
+    for sql in _pg_in_transaction():
+        query = ("SELECT id, n FROM v WHERE n >= :n ORDER BY id", {"n": 0})
+        insert = ("INSERT INTO v (id, n) VALUES (:id, :n)", {"id": "a", "n": 1})
+        assert sql.all_and_run(query, [insert]) == ([], [1])  # prepares both
+        assert sql._pg is not None
+        spy = sql._pg._pgconn = _Calls(sql._pg._pgconn)  # type: ignore[assignment]
+        assert sql.all_and_run(query, [(insert[0], {"id": "b", "n": 2})]) == ([("a", 1)], [1])
+        assert spy.calls.count("pipeline_sync") == 1
+        assert "exec_prepared" not in spy.calls
