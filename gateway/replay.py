@@ -35,21 +35,17 @@ async def use_once(
     return True
 
 
-def use_once_in(sql: Sql, *, kind: str, issuer: str, jti: str, expires_at: datetime) -> bool:
-    """Record a jti inside a unit of work's transaction; False on a replay.
-
-    The transfer path uses this inside its group-committed unit of work, so a
-    proof's jti costs no commit of its own. ``ON CONFLICT DO NOTHING`` (both
-    engines) reports a replay by its row count, without an error to recover from.
-    """
-    statement = use_once_statement(sql, kind=kind, issuer=issuer, jti=jti, expires_at=expires_at)
-    return sql.run(*statement) == 1
-
-
 def use_once_statement(
     sql: Sql, *, kind: str, issuer: str, jti: str, expires_at: datetime
 ) -> Statement:
-    """:func:`use_once_in`'s statement (for ``Sql.run_all``): one row changed unless replayed."""
+    """The statement that records a jti inside a unit of work; it changes no row on a replay.
+
+    The transfer path runs it inside its group-committed unit of work (alone,
+    or in one round trip with the unit's other statements: ``Sql.run_all``),
+    so a proof's jti costs no commit of its own. ``ON CONFLICT DO NOTHING``
+    (both engines) reports a replay by its row count, without an error to
+    recover from.
+    """
     return (
         "INSERT INTO used_jtis (key, expires_at) VALUES (:key, :expires_at)"
         " ON CONFLICT (key) DO NOTHING",

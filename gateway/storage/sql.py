@@ -29,9 +29,12 @@ loaded exactly as a psycopg cursor would. That skips psycopg's cursor
 machinery — its query conversion, its non-blocking send-and-poll loop, its
 result set-up — which cost 30–40 µs of CPU per statement on the writer's
 thread, inside the trail lock (``bench/README.md``, "psycopg's own layer").
-libpq releases the GIL while it waits for the server. Outside a transaction,
-and for statements without parameters, psycopg's cursor runs the statement,
-so that psycopg starts transactions as the connection's settings ask.
+libpq releases the GIL while it waits for the server. Statements that do not
+depend on each other's results can share one round trip (a libpq pipeline:
+:meth:`Sql.run_all`, :meth:`Sql.all_and_run`, :meth:`Sql.begin_with`,
+:meth:`Sql.insert_tables`). Outside a transaction, and for ``commands`` and
+``many``, psycopg's cursor runs the statement, so that psycopg starts
+transactions as the connection's settings ask.
 
 That cursor is one, kept for the connection: opening and closing a psycopg
 cursor costs about 15 µs of CPU per statement (``bench/README.md``). psycopg's
@@ -414,6 +417,10 @@ class _Prepared:
             return None
         result = pgconn.exec_prepared(*ready)
         self._check(result)
+        return self._outcome(result, rows=rows)
+
+    def _outcome(self, result: Any, *, rows: bool) -> tuple[int, list[Row] | None]:
+        """A checked result's row count and, if ``rows``, its rows as psycopg loads them."""
         found = None
         if rows:
             tx = self._tx
@@ -510,15 +517,7 @@ class _Prepared:
             self._check(result)  # the first failure; the rest were skipped
         if sync is None or sync.status != self._sync:
             raise self._operational("a pipeline ended without its synchronisation point")
-        done = []
-        tx = self._tx
-        for result in results[1:] if begin else results:
-            found = None
-            if rows:
-                tx.set_pgresult(result)
-                found = tx.load_rows(0, result.ntuples, tuple)
-            done.append((result.command_tuples or 0, found))
-        return done
+        return [self._outcome(result, rows=rows) for result in results[1 if begin else 0 :]]
 
     def _plain_begin(self) -> bool:
         conn = self._conn
