@@ -313,16 +313,22 @@ class Sql:
             self._inserts[key] = statement
         return statement
 
-    def time(self, value: datetime) -> Any:
-        """A UTC datetime as the ``UtcDateTime`` columns store it."""
+    def time(self, value: datetime, *, once: bool = False) -> Any:
+        """A UTC datetime as the ``UtcDateTime`` columns store it.
+
+        The last value converted is kept: a batch's units all share one clock
+        reading. ``once`` is for a value converted a single time (a proof's
+        expiry), which would otherwise push the batch's clock out.
+        """
         last = self._last_time
         if last is not None and last[0] is value:
-            return last[1]  # a batch's units all share one clock reading
+            return last[1]
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         naive = value.astimezone(UTC).replace(tzinfo=None)
         stored = naive.strftime(_SQLITE_TIME) if self.dialect == "sqlite" else naive
-        self._last_time = (value, stored)
+        if not once:
+            self._last_time = (value, stored)
         return stored
 
     def read_time(self, value: Any) -> datetime:
