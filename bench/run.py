@@ -945,6 +945,8 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
             threads["event loop (main thread)"] += n
         elif "_connection_worker_thread" in thread:
             threads["aiosqlite connection threads"] += n
+        elif "trail-writer" in thread:
+            threads["trail writer thread"] += n
         else:
             threads["other threads"] += n
         own[frames[-1]] += n
@@ -962,7 +964,7 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     )
     return {
         "samples": total,
-        "threads": share(threads, 3),
+        "threads": share(threads, 4),
         "buckets": share(buckets, len(buckets) + 1),
         "self": share(own, top),
         "gateway_inclusive": share(gateway_inclusive, top),
