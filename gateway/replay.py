@@ -49,7 +49,7 @@ def use_once_statement(
     return (
         "INSERT INTO used_jtis (key, expires_at) VALUES (:key, :expires_at)"
         " ON CONFLICT (key) DO NOTHING",
-        {"key": _key(kind, issuer, jti), "expires_at": sql.time(expires_at, once=True)},
+        {"key": _key(kind, issuer, jti), "expires_at": sql.time(expires_at)},
     )
 
 

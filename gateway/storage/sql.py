@@ -86,7 +86,7 @@ class Sql:
         self.dialect = dialect
         self._texts: dict[str, str] = {}
         self._inserts: dict[tuple[str, tuple[str, ...], int], str] = {}
-        self._last_time: tuple[datetime, Any] | None = None
+        self._kept_time: tuple[datetime, Any] | None = None  # keep_time's
         # PostgreSQL: the one cursor every statement runs on (module docstring).
         self._share_cursor = dialect == "postgresql"
         self._shared: Any = None
@@ -313,23 +313,27 @@ class Sql:
             self._inserts[key] = statement
         return statement
 
-    def time(self, value: datetime, *, once: bool = False) -> Any:
-        """A UTC datetime as the ``UtcDateTime`` columns store it.
+    def keep_time(self, value: datetime) -> None:
+        """Convert ``value`` once for every later :meth:`time` of it (a batch's clock reading).
 
-        The last value converted is kept: a batch's units all share one clock
-        reading. ``once`` is for a value converted a single time (a proof's
-        expiry), which would otherwise push the batch's clock out.
+        The trail writer keeps its batch's ``now``, which all of the batch's
+        units pass; other times (a proof's expiry) are converted per call and
+        never take its place.
         """
-        last = self._last_time
-        if last is not None and last[0] is value:
-            return last[1]
+        self._kept_time = (value, self._stored_time(value))
+
+    def time(self, value: datetime) -> Any:
+        """A UTC datetime as the ``UtcDateTime`` columns store it."""
+        kept = self._kept_time
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        return self._stored_time(value)
+
+    def _stored_time(self, value: datetime) -> Any:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         naive = value.astimezone(UTC).replace(tzinfo=None)
-        stored = naive.strftime(_SQLITE_TIME) if self.dialect == "sqlite" else naive
-        if not once:
-            self._last_time = (value, stored)
-        return stored
+        return naive.strftime(_SQLITE_TIME) if self.dialect == "sqlite" else naive
 
     def read_time(self, value: Any) -> datetime:
         """The inverse of :meth:`time`, for a value read back from a row."""

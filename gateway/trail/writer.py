@@ -221,7 +221,7 @@ class _Batch:
 
     def append(self, events: Sequence[TrailEvent], now: datetime) -> list[int]:
         indexes: list[int] = []
-        stored_now = self.sql.time(now)  # converted once per batch: Sql keeps the last
+        stored_now = self.sql.time(now)  # converted once per batch (_units: keep_time)
         for event in events:
             entry = encode_entry(self.trail.event_object(event, now=now))
             index = self.next_index
@@ -568,6 +568,7 @@ class TrailWriter:
             start = tree_size(sql)
         batch = _Batch(self.trail, sql, start=start)
         now = self.clock()
+        sql.keep_time(now)  # every unit's statements pass it
         unit_conn = UnitConnection(conn)
         for item in items:
             mark = len(batch.leaves)

@@ -124,14 +124,16 @@ def test_time_converts_each_clock_reading_and_refuses_naive_ones(sql: Sql) -> No
         sql.time(first.replace(tzinfo=None))
 
 
-def test_a_time_converted_once_leaves_the_kept_clock_reading(sql: Sql) -> None:
+def test_a_kept_clock_reading_stays_kept_whatever_else_is_converted(sql: Sql) -> None:
     now = datetime(2026, 12, 8, 5, 0, 0, 654321, tzinfo=UTC)
     expiry = now + timedelta(minutes=5)
+    sql.keep_time(now)
     kept = sql.time(now)
-    assert sql.read_time(sql.time(expiry, once=True)) == expiry
-    assert sql.time(now) is kept  # still the kept conversion, not a new one
-    assert sql.read_time(sql.time(expiry)) == expiry
-    assert sql.time(now) is not kept  # a plain call does replace it
+    assert sql.read_time(kept) == now
+    assert sql.read_time(sql.time(expiry)) == expiry  # another time, converted on its own
+    assert sql.time(now) is kept  # the kept conversion, not a new one
+    other = datetime(2026, 12, 8, 5, 0, 0, 654321, tzinfo=UTC)  # equal, not the kept object
+    assert sql.time(other) == kept and sql.time(other) is not kept
 
 
 def test_results_stay_apart_whichever_cursor_runs_them(sql: Sql) -> None:
